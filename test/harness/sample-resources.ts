@@ -97,7 +97,7 @@ export function edsCluster(name: string): Record<string, unknown> {
 export function loadAssignment(clusterName: string, host: string, port: number): Record<string, unknown> {
   return {
     cluster_name: clusterName,
-    endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: host, port_value: port } } } }] }],
+    endpoints: [{ locality: { region: 'local' }, load_balancing_weight: 1, lb_endpoints: [{ endpoint: { address: { socket_address: { address: host, port_value: port } } } }] }],
   };
 }
 
