@@ -2,6 +2,7 @@ import { createRequire } from 'node:module';
 import fs from 'node:fs';
 import path from 'node:path';
 import protobuf from 'protobufjs';
+import { applyOverlay } from './overlay.js';
 
 /**
  * Envoy's v3 API protos, loaded from the maintained copy that ships in `@grpc/grpc-js-xds`
@@ -58,6 +59,7 @@ export const ENVOY_PROTO_FILES = [
   'envoy/extensions/filters/common/set_filter_state/v3/value.proto',
   'envoy/extensions/formatter/cel/v3/cel.proto',
   'xds/type/v3/typed_struct.proto',
+  'xds/core/v3/cidr.proto',
   'google/protobuf/any.proto',
   'google/protobuf/duration.proto',
   'google/protobuf/struct.proto',
@@ -97,6 +99,7 @@ export function envoyRoot(): protobuf.Root {
     return target;
   };
   root.loadSync([...ENVOY_PROTO_FILES], { keepCase: true });
+  applyOverlay(root);
   root.resolveAll();
   cached = root;
   return root;

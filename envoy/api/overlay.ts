@@ -1,0 +1,61 @@
+import protobuf from 'protobufjs';
+
+/**
+ * Fields and messages that Envoy 1.40 has and the proto set we load (from @grpc/grpc-js-xds) does
+ * not. Each entry names the Envoy release that added it and the field number as Envoy's own
+ * descriptors give it (read from the pinned binary's embedded FileDescriptorProto), and each is
+ * proven by a real-Envoy test (test/e2e/egress-*.test.ts reads it back from /config_dump).
+ *
+ * Where a whole extension is newer, prefer `xds.type.v3.TypedStruct` (type-urls.ts,
+ * NEWER_THAN_PROTOS). A field inside a message that must stay a real message (e.g. a cluster
+ * factory's config, which Envoy does not accept as TypedStruct) needs an overlay entry here.
+ */
+
+export interface OverlayField {
+  /** fully-qualified message the field is added to */
+  message: string;
+  field: string;
+  id: number;
+  type: string;
+  repeated?: boolean;
+  since: string;
+}
+
+/** New messages (declared only when the loaded set lacks them). */
+const MESSAGES: ReadonlyArray<{ fullName: string; fields: ReadonlyArray<{ name: string; id: number; type: string; repeated?: boolean }>; since: string }> = [
+  {
+    // envoy/type/matcher/v3/address.proto
+    fullName: 'envoy.type.matcher.v3.AddressMatcher',
+    fields: [
+      { name: 'ranges', id: 1, type: 'xds.core.v3.CidrRange', repeated: true },
+      { name: 'invert_match', id: 2, type: 'bool' },
+    ],
+    since: '1.39',
+  },
+];
+
+export const OVERLAY_FIELDS: readonly OverlayField[] = [
+  {
+    message: 'envoy.extensions.common.dynamic_forward_proxy.v3.DnsCacheConfig',
+    field: 'resolved_address_filter',
+    id: 16,
+    type: 'envoy.type.matcher.v3.AddressMatcher',
+    since: '1.39',
+  },
+];
+
+export function applyOverlay(root: protobuf.Root): void {
+  for (const m of MESSAGES) {
+    if (root.lookup(m.fullName)) continue;
+    const dot = m.fullName.lastIndexOf('.');
+    const ns = root.define(m.fullName.slice(0, dot));
+    const t = new protobuf.Type(m.fullName.slice(dot + 1));
+    for (const f of m.fields) t.add(new protobuf.Field(f.name, f.id, f.type, f.repeated ? 'repeated' : undefined));
+    ns.add(t);
+  }
+  for (const f of OVERLAY_FIELDS) {
+    const t = root.lookupType(f.message);
+    if (t.fields[f.field]) continue;
+    t.add(new protobuf.Field(f.field, f.id, f.type, f.repeated ? 'repeated' : undefined));
+  }
+}

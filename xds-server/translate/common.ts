@@ -1,0 +1,54 @@
+import { EXT } from '../../envoy/api/type-urls.js';
+
+/** Shared pieces of translated Envoy config (proto3 JSON). */
+
+export const ADS_SOURCE = { ads: {}, resource_api_version: 'V3' } as const;
+export const DENY_HEADER = 'x-deny-reason';
+
+/** `TypedStruct` carrying a message newer than our proto set; Envoy converts it itself. */
+export function typedStruct(typeUrl: string, value: Record<string, unknown>): Record<string, unknown> {
+  return { '@type': EXT.typedStruct, type_url: typeUrl, value };
+}
+
+export function routerFilter(): Record<string, unknown> {
+  return { name: 'envoy.filters.http.router', typed_config: { '@type': EXT.router } };
+}
+
+/** A route answering 403 with the stable reason code in `x-deny-reason` and as the body. */
+export function denyRoute(match: Record<string, unknown>, reason: string, name?: string): Record<string, unknown> {
+  return {
+    ...(name ? { name } : {}),
+    match,
+    direct_response: { status: 403, body: { inline_string: `${reason}\n` } },
+    response_headers_to_add: [{ header: { key: DENY_HEADER, value: reason }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' }],
+  };
+}
+
+/** Both request shapes a forward proxy sees: CONNECT (no path) and absolute-form requests. */
+export function bothMatches(extra: Record<string, unknown> = {}): Array<Record<string, unknown>> {
+  return [{ connect_matcher: {}, ...extra }, { prefix: '/', ...extra }];
+}
+
+/** Anchored, case-insensitive RE2 for an authority `host[:port]`. */
+export function authorityRegex(hostPattern: string): string {
+  const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  if (hostPattern.startsWith('*.')) return `(?i)^([^.:/]+\\.)+${esc(hostPattern.slice(2))}\\.?(:[0-9]+)?$`;
+  if (hostPattern.includes(':')) return `(?i)^\\[${esc(hostPattern)}\\](:[0-9]+)?$`; // IPv6 literal
+  return `(?i)^${esc(hostPattern)}\\.?(:[0-9]+)?$`;
+}
+
+/** The authority forms a destination is reached by, for virtual host domains. */
+export function authorityDomains(host: string, kind: 'exact' | 'wildcard' | 'ip', ports: readonly number[]): string[] {
+  const h = kind === 'ip' && host.includes(':') ? `[${host}]` : host;
+  const out: string[] = [];
+  for (const p of ports) {
+    out.push(`${h}:${p}`);
+    // absolute-form http:// requests without an explicit port carry the bare host
+    if (p === 80) out.push(h);
+  }
+  return out;
+}
+
+export function sortByName<T extends { name?: unknown }>(xs: T[]): T[] {
+  return xs.sort((a, b) => (String(a.name) < String(b.name) ? -1 : String(a.name) > String(b.name) ? 1 : 0));
+}

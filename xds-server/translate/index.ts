@@ -1,0 +1,34 @@
+import type { Ir } from '../../policy/ir.js';
+import { XDS } from '../../envoy/api/type-urls.js';
+import type { SnapshotInput } from '../snapshot.js';
+import { egressResources, type EgressOptions } from './egress.js';
+
+/**
+ * IR → Envoy resources. Pure: the same IR and options always give the same resources, sorted by
+ * name. Every piece of enforcement lives here, so `render` shows exactly what Envoy enforces.
+ */
+
+export interface TranslateOptions {
+  egress: EgressOptions;
+}
+
+export interface Translation {
+  input: SnapshotInput;
+  /** clusters the resources reference that live in Envoy's bootstrap */
+  staticClusters: string[];
+}
+
+export function translate(ir: Ir, o: TranslateOptions): Translation {
+  const egress = egressResources(ir, o.egress);
+  const byName = <T extends { name: string }>(xs: T[]) => xs.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  return {
+    input: {
+      [XDS.listener]: byName([...egress.listeners]),
+      [XDS.route]: byName([...egress.routes]),
+      [XDS.cluster]: byName([...egress.clusters]),
+      [XDS.endpoint]: [],
+      [XDS.secret]: [],
+    },
+    staticClusters: [],
+  };
+}
