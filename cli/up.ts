@@ -1,0 +1,165 @@
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { createLogger } from '../common/logger.js';
+import { PortcullisError } from '../common/errors.js';
+import { DEFAULT_POLICY } from '../common/paths.js';
+import { compileFile } from '../policy/compile.js';
+import { ControlPlane } from '../xds-server/control-plane.js';
+import { EnvoyProcess } from '../envoy/process.js';
+import { findEnvoy, INSTALL_HINT } from '../envoy/binary.js';
+import { rejectedUpdates } from '../envoy/admin.js';
+import { XDS_TYPE_URLS } from '../envoy/api/type-urls.js';
+import { EGRESS } from '../xds-server/translate/egress.js';
+import { EXIT, Progress, type CliIo } from './io.js';
+
+export const UP_USAGE = `Usage: portcullis up [--policy FILE] [--xds HOST:PORT] [--egress HOST:PORT] [--ads sotw|delta] [--json]
+
+Starts the control plane and Envoy with the policy (default: the solo default policy), waits until
+Envoy has applied it, prints the endpoints, and runs until Ctrl-C or SIGTERM, then stops everything.`;
+
+export interface UpHandle {
+  endpoints: Record<string, string>;
+  stop(): Promise<void>;
+}
+
+/** `portcullis up`. Resolves with the exit code once stopped (or on a start failure). */
+export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSignal } = {}): Promise<number> {
+  let args;
+  try {
+    args = parseArgs({
+      args: argv,
+      options: {
+        policy: { type: 'string' },
+        xds: { type: 'string', default: '127.0.0.1:0' },
+        egress: { type: 'string', default: '127.0.0.1:15001' },
+        ads: { type: 'string', default: 'sotw' },
+        'node-id': { type: 'string', default: 'portcullis-envoy-0' },
+        json: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+      strict: true,
+    }).values;
+  } catch (e) {
+    io.stderr.write(`${(e as Error).message}\n\n${UP_USAGE}\n`);
+    return EXIT.usage;
+  }
+  if (args.help) {
+    io.stdout.write(`${UP_USAGE}\n`);
+    return EXIT.ok;
+  }
+  if (args.ads !== 'sotw' && args.ads !== 'delta') {
+    io.stderr.write(`--ads must be sotw or delta\n`);
+    return EXIT.usage;
+  }
+  const egress = splitHostPort(args.egress!);
+  if (!egress) {
+    io.stderr.write(`--egress must be HOST:PORT\n`);
+    return EXIT.usage;
+  }
+  const progress = new Progress(io);
+  const logger = createLogger({ level: process.env.PORTCULLIS_LOG_LEVEL ?? 'warn' });
+  const policyFile = path.resolve(args.policy ?? DEFAULT_POLICY());
+  let cp: ControlPlane | undefined;
+  let envoy: EnvoyProcess | undefined;
+  const stopAll = async () => {
+    await envoy?.stop().catch(() => undefined);
+    await cp?.close().catch(() => undefined);
+  };
+  try {
+    progress.step(`loading policy ${policyFile}`);
+    const { ir } = await compileFile(policyFile);
+    progress.done();
+
+    progress.step('finding Envoy');
+    const bin = await findEnvoy();
+    progress.done(`${bin.version} at ${bin.path}`);
+
+    progress.step('starting the control plane (xDS)');
+    cp = new ControlPlane({ logger, nodeKey: args['node-id']!, translate: { egress: { listen: egress } } });
+    const xdsAddress = await cp.listen(args.xds);
+    const snap = cp.apply(ir, { immediate: true });
+    progress.done(xdsAddress);
+
+    progress.step(`starting Envoy (${args.ads === 'delta' ? 'Delta' : 'SotW'} ADS)`);
+    envoy = await EnvoyProcess.start({
+      binary: bin,
+      bootstrap: { nodeId: args['node-id']!, xds: { port: cp.server.port }, ads: args.ads as 'sotw' | 'delta' },
+      logger,
+    });
+    progress.done(`pid ${envoy.pid}, admin ${envoy.adminUrl}`);
+
+    progress.step(`waiting for Envoy to apply ${snap.version}`);
+    await envoy.waitConnected(15_000);
+    for (const t of XDS_TYPE_URLS) {
+      if ((snap.resources.get(t)?.size ?? 0) > 0 && (t.endsWith('Listener') || t.endsWith('Cluster'))) {
+        await envoy.waitForVersion(t, snap.version, 20_000);
+      }
+    }
+    const rejected = rejectedUpdates(await envoy.admin.stats());
+    if (Object.keys(rejected).length) throw new PortcullisError('envoy_nack', `Envoy rejected the configuration: ${JSON.stringify(rejected)}`);
+    progress.done();
+
+    const endpoints = {
+      xds: xdsAddress,
+      envoyAdmin: envoy.adminUrl,
+      egressProxy: `http://${args.egress}`,
+      policy: policyFile,
+      configVersion: snap.version,
+    };
+    if (args.json) io.stdout.write(`${JSON.stringify({ ready: true, endpoints })}\n`);
+    else {
+      io.stdout.write(`\nPortcullis is up.\n`);
+      io.stdout.write(`  egress proxy (listener ${EGRESS.listener}): ${endpoints.egressProxy}\n`);
+      io.stdout.write(`  xDS (control plane):  ${endpoints.xds}\n`);
+      io.stdout.write(`  Envoy admin:          ${endpoints.envoyAdmin}  (127.0.0.1 only)\n`);
+      io.stdout.write(`  policy:               ${endpoints.policy} (${endpoints.configVersion})\n`);
+      io.stdout.write(`\nPress Ctrl-C to stop.\n`);
+    }
+
+    const stopped = await waitForStop(opts.signal, envoy);
+    progress.step(stopped === 'envoy-exited' ? 'Envoy exited; stopping' : 'stopping');
+    await stopAll();
+    progress.done();
+    return stopped === 'envoy-exited' ? EXIT.failure : EXIT.ok;
+  } catch (e) {
+    const { reason, fix } = explainFailure(e);
+    progress.fail(reason, fix);
+    await stopAll();
+    return EXIT.failure;
+  }
+}
+
+function waitForStop(signal: AbortSignal | undefined, envoy: EnvoyProcess): Promise<'signal' | 'envoy-exited'> {
+  return new Promise((resolve) => {
+    const onSig = () => resolve('signal');
+    process.once('SIGINT', onSig);
+    process.once('SIGTERM', onSig);
+    signal?.addEventListener('abort', onSig, { once: true });
+    void envoy.exited.then(() => resolve('envoy-exited'));
+  });
+}
+
+function explainFailure(e: unknown): { reason: string; fix?: string } {
+  if (e instanceof PortcullisError) {
+    switch (e.code) {
+      case 'envoy_not_found':
+      case 'envoy_wrong_version':
+        return { reason: e.message, fix: INSTALL_HINT };
+      case 'policy_invalid':
+      case 'policy_too_large':
+      case 'policy_unreadable':
+        return { reason: e.message, fix: 'portcullis policy validate FILE shows every error with its line' };
+      default:
+        return { reason: `${e.code}: ${e.message}` };
+    }
+  }
+  return { reason: (e as Error)?.message ?? String(e) };
+}
+
+function splitHostPort(s: string): { address: string; port: number } | undefined {
+  const i = s.lastIndexOf(':');
+  if (i <= 0) return undefined;
+  const port = Number(s.slice(i + 1));
+  if (!Number.isInteger(port) || port < 1 || port > 65535) return undefined;
+  return { address: s.slice(0, i).replace(/^\[|\]$/g, ''), port };
+}

@@ -1,0 +1,73 @@
+import { spawn } from 'node:child_process';
+import net from 'node:net';
+import { describe, expect, it } from 'vitest';
+import { e2eGate } from '../harness/e2e-gate.js';
+import { freePort } from '../harness/ports.js';
+
+const gate = e2eGate(['envoy'], 'portcullis up');
+
+function connectStatus(port: number, authority: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const c = net.connect(port, '127.0.0.1', () => c.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n`));
+    let buf = '';
+    c.on('data', (d) => {
+      buf += d;
+      if (buf.includes('\r\n\r\n')) {
+        c.destroy();
+        resolve(buf.split('\r\n\r\n')[0]!);
+      }
+    });
+    c.on('error', reject);
+    setTimeout(() => c.destroy(new Error('timeout')), 5000);
+  });
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe.skipIf(!gate.ok)('portcullis up (control plane + real Envoy)', () => {
+  it.each(['SIGTERM', 'SIGINT'] as const)('starts with the default policy, enforces it, prints endpoints, and stops cleanly on %s', async (sig) => {
+    const egressPort = await freePort();
+    const child = spawn(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'up', '--json', '--egress', `127.0.0.1:${egressPort}`], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    const ready = await new Promise<{ endpoints: Record<string, string> }>((resolve, reject) => {
+      const t = setInterval(() => {
+        const line = out.split('\n').find((l) => l.startsWith('{'));
+        if (line) {
+          clearInterval(t);
+          resolve(JSON.parse(line));
+        }
+      }, 50);
+      void exited.then((code) => {
+        clearInterval(t);
+        reject(new Error(`up exited ${code}: ${err}`));
+      });
+    });
+    // progress was shown step by step
+    expect(err).toMatch(/loading policy .* ok/);
+    expect(err).toMatch(/starting Envoy .* pid (\d+)/);
+    const envoyPid = Number(/pid (\d+)/.exec(err)![1]);
+    // Envoy is live and enforcing the default policy (deny everything not listed)
+    const admin = ready.endpoints.envoyAdmin!;
+    expect((await fetch(`${admin}/ready`)).status).toBe(200);
+    expect(await connectStatus(egressPort, 'example.invalid:443')).toMatch(/403[\s\S]*x-deny-reason: destination_not_allowed/);
+    expect(await connectStatus(egressPort, 'pypi.org:22')).toMatch(/x-deny-reason: port_not_allowed/);
+    child.kill(sig);
+    expect(await exited).toBe(0);
+    expect(err).toMatch(/stopping … ok/);
+    expect(pidAlive(envoyPid)).toBe(false);
+    await expect(fetch(`${admin}/ready`)).rejects.toThrow();
+  });
+});

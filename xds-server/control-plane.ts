@@ -1,0 +1,118 @@
+import type { Logger } from '../common/logger.js';
+import { Metrics } from '../common/metrics.js';
+import { EventBus } from '../common/events.js';
+import { PortcullisError, ResourceInvalidError } from '../common/errors.js';
+import type { Ir } from '../policy/ir.js';
+import { XdsServer } from './server.js';
+import { SnapshotCache, type NackRecord } from './cache.js';
+import { buildSnapshot, SnapshotInconsistentError, type Snapshot } from './snapshot.js';
+import { translate, type TranslateOptions } from './translate/index.js';
+
+/**
+ * The control plane: owns the xDS server and the snapshot cache, turns a compiled policy (IR) into
+ * a validated snapshot and publishes it. A policy that does not translate, or whose resources fail
+ * pre-push validation, is refused: the last good snapshot stays live, and the refusal is reported
+ * (log, `config.reload_refused` event, `status()`).
+ */
+
+export interface ControlPlaneOptions {
+  logger: Logger;
+  events?: EventBus;
+  metrics?: Metrics;
+  /** snapshot key: an Envoy node id, or `cluster:<name>` for every Envoy of a node cluster */
+  nodeKey: string;
+  translate: TranslateOptions;
+  holdOffMs?: number;
+  /** clusters that live in Envoy's bootstrap (ext_authz, ALS) */
+  staticClusters?: readonly string[];
+}
+
+export interface RefusedReload {
+  at: string;
+  code: string;
+  message: string;
+}
+
+export interface ControlPlaneStatus {
+  liveVersion: string | null;
+  lastNack: NackRecord | null;
+  lastRefused: RefusedReload | null;
+  xdsAddress: string | null;
+}
+
+export class ControlPlane {
+  readonly events: EventBus;
+  readonly metrics: Metrics;
+  readonly server: XdsServer;
+  private readonly log: Logger;
+  private live?: Snapshot;
+  private lastRefused: RefusedReload | null = null;
+
+  constructor(private readonly o: ControlPlaneOptions) {
+    this.events = o.events ?? new EventBus();
+    this.metrics = o.metrics ?? new Metrics();
+    this.log = o.logger.child({ component: 'control-plane' });
+    this.server = new XdsServer({
+      logger: o.logger,
+      events: this.events,
+      metrics: this.metrics,
+      cache: new SnapshotCache({ holdOffMs: o.holdOffMs ?? 50 }),
+    });
+  }
+
+  async listen(address = '127.0.0.1:0'): Promise<string> {
+    return this.server.listen(address);
+  }
+
+  /** Translate, validate and publish. Returns the new snapshot, or throws (last good stays live). */
+  apply(ir: Ir, opts: { immediate?: boolean } = {}): Snapshot {
+    let snap: Snapshot;
+    try {
+      const t = translate(ir, this.o.translate);
+      snap = buildSnapshot(t.input, { staticClusters: [...t.staticClusters, ...(this.o.staticClusters ?? [])] });
+    } catch (e) {
+      const err = e instanceof PortcullisError ? e : new PortcullisError('internal', 'translation failed', { cause: e });
+      this.lastRefused = { at: new Date().toISOString(), code: err.code, message: err.message };
+      this.metrics.inc('policy_apply_refused_total', { code: err.code });
+      this.log.error({ code: err.code, err: err.message }, 'configuration refused; the last good configuration stays live');
+      this.events.emit({
+        type: 'config.reload_refused',
+        severity: 'error',
+        source: 'control-plane',
+        data: { code: err.code, message: err.message, issues: issuesOf(e) },
+      });
+      throw err;
+    }
+    this.live = snap;
+    if (opts.immediate) this.server.cache.setNow(this.o.nodeKey, snap);
+    else this.server.cache.set(this.o.nodeKey, snap);
+    this.metrics.inc('policy_applied_total');
+    this.log.info({ version: snap.version }, 'configuration published');
+    this.events.emit({ type: 'config.published', severity: 'info', source: 'control-plane', data: { version: snap.version } });
+    return snap;
+  }
+
+  get snapshot(): Snapshot | undefined {
+    return this.live;
+  }
+
+  status(): ControlPlaneStatus {
+    const nacks = this.server.cache.nackHistory();
+    return {
+      liveVersion: this.live?.version ?? null,
+      lastNack: nacks.at(-1) ?? null,
+      lastRefused: this.lastRefused,
+      xdsAddress: this.server.address ?? null,
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.server.close();
+  }
+}
+
+function issuesOf(e: unknown): unknown[] {
+  if (e instanceof ResourceInvalidError) return e.issues.slice(0, 20);
+  if (e instanceof SnapshotInconsistentError) return e.problems.slice(0, 20);
+  return [];
+}
