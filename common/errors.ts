@@ -56,6 +56,8 @@ export const ERROR_CODES = [
   'path_denied',
   // operator / audit
   'audit_write_failed',
+  'audit_event_invalid',
+  'audit_log_corrupt',
   'unauthorized',
   'usage',
   'internal',

@@ -120,6 +120,16 @@ export class SnapshotCache {
     return () => this.ee.off('update', fn);
   }
 
+  /** Called by the streams on every ACK; observers (benchmarks, `up`) learn what Envoy applied. */
+  recordAck(key: string, nodeId: string, typeUrl: XdsTypeUrl, version: string): void {
+    this.ee.emit('ack', { key, nodeId, typeUrl, version });
+  }
+
+  onAck(fn: (a: { key: string; nodeId: string; typeUrl: XdsTypeUrl; version: string }) => void): () => void {
+    this.ee.on('ack', fn);
+    return () => this.ee.off('ack', fn);
+  }
+
   recordNack(rec: NackRecord): void {
     let byType = this.nacks.get(rec.key);
     if (!byType) this.nacks.set(rec.key, (byType = new Map()));

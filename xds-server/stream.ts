@@ -190,7 +190,9 @@ abstract class XdsStream<Req extends { response_nonce: string; type_url: string;
 
   protected onAck(typeUrl: XdsTypeUrl, st: TypeState, nonce: string): void {
     this.deps.metrics.inc('xds_ack_total', { type: SHORT_NAME[typeUrl] });
+    const version = baseVersion(st.inflight.get(nonce)?.version ?? st.sentVersion ?? '');
     st.inflight.delete(nonce);
+    if (this.key) this.deps.cache.recordAck(this.key, this.node?.id ?? '', typeUrl, version);
     this.log.debug({ type: SHORT_NAME[typeUrl], version: st.sentVersion }, 'ACK');
   }
 

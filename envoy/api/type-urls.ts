@@ -85,3 +85,22 @@ export const SERVICES = {
   als: 'envoy.service.accesslog.v3.AccessLogService',
   extAuthz: 'envoy.service.auth.v3.Authorization',
 } as const;
+
+/**
+ * Extension configs that only appear in the bootstrap (overload manager resource monitors). Kept out
+ * of `EXT`: they are never pushed over xDS, and Envoy checks them itself at start.
+ */
+export const BOOTSTRAP_EXT = {
+  downstreamConnectionsMonitor: `${P}envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig`,
+  fixedHeapMonitor: `${P}envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig`,
+} as const;
+
+/** `@type` of each section of Envoy's admin `/config_dump`. */
+export const CONFIG_DUMP = {
+  bootstrap: `${P}envoy.admin.v3.BootstrapConfigDump`,
+  clusters: `${P}envoy.admin.v3.ClustersConfigDump`,
+  endpoints: `${P}envoy.admin.v3.EndpointsConfigDump`,
+  listeners: `${P}envoy.admin.v3.ListenersConfigDump`,
+  routes: `${P}envoy.admin.v3.RoutesConfigDump`,
+  secrets: `${P}envoy.admin.v3.SecretsConfigDump`,
+} as const;
