@@ -4,6 +4,7 @@ import path from 'node:path';
 import { projectRoot } from '../common/paths.js';
 import { runPolicyCli } from '../policy/cli.js';
 import { runUp } from './up.js';
+import { registerRender } from './render.js';
 import { EXIT, type CliIo } from './io.js';
 
 const USAGE = `Usage: portcullis <command> [options]
@@ -22,6 +23,7 @@ export async function main(argv: string[], io: CliIo = { stdout: process.stdout,
     case 'up':
       return runUp(rest, io);
     case 'policy':
+      registerRender();
       return runPolicyCli(rest, io);
     case 'version':
     case '--version': {

@@ -1,0 +1,45 @@
+import type { Ir } from '../policy/ir.js';
+import { SHORT_NAME, XDS, XDS_TYPE_URLS } from '../envoy/api/type-urls.js';
+import { buildSnapshot } from './snapshot.js';
+import { translate, type TranslateOptions } from './translate/index.js';
+
+/**
+ * `portcullis policy render`: the Envoy resources a policy compiles to, exactly as they would be
+ * pushed (translated and pre-push validated), with every secret value redacted.
+ */
+
+export const DEFAULT_RENDER_OPTIONS: TranslateOptions = {
+  egress: { listen: { address: '0.0.0.0', port: 15001 } },
+};
+
+export const REDACTED = '[redacted]';
+
+/** Fields whose values are secret material wherever they appear in a Secret resource. */
+const SECRET_FIELDS = new Set(['inline_string', 'inline_bytes', 'environment_variable']);
+
+export function redactSecrets(v: unknown, insideSecret = false): unknown {
+  if (Array.isArray(v)) return v.map((x) => redactSecrets(x, insideSecret));
+  if (!v || typeof v !== 'object') return v;
+  const out: Record<string, unknown> = {};
+  for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
+    if (insideSecret && SECRET_FIELDS.has(k)) out[k] = REDACTED;
+    else out[k] = redactSecrets(x, insideSecret || k === 'private_key' || k === 'generic_secret' || k === 'tls_certificate' || k === 'secret');
+  }
+  return out;
+}
+
+export interface Rendered {
+  version: string;
+  resources: Record<string, unknown[]>;
+}
+
+export function renderIr(ir: Ir, opts: TranslateOptions = DEFAULT_RENDER_OPTIONS): Rendered {
+  const t = translate(ir, opts);
+  const snap = buildSnapshot(t.input, { staticClusters: t.staticClusters });
+  const resources: Record<string, unknown[]> = {};
+  for (const typeUrl of XDS_TYPE_URLS) {
+    const list = [...snap.resources.get(typeUrl)!.values()].map((r) => (typeUrl === XDS.secret ? redactSecrets(r.body, true) : redactSecrets(r.body)));
+    if (list.length) resources[SHORT_NAME[typeUrl]] = list;
+  }
+  return { version: snap.version, resources };
+}
