@@ -3,7 +3,8 @@ import { parseArgs } from 'node:util';
 import { createLogger } from '../common/logger.js';
 import { PortcullisError } from '../common/errors.js';
 import { DEFAULT_POLICY } from '../common/paths.js';
-import { compileFile } from '../policy/compile.js';
+import { PolicyWatcher } from '../policy/watch.js';
+import { formatIssue } from '../policy/errors.js';
 import { ControlPlane } from '../xds-server/control-plane.js';
 import { EnvoyProcess } from '../envoy/process.js';
 import { findEnvoy, INSTALL_HINT } from '../envoy/binary.js';
@@ -61,13 +62,16 @@ export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSig
   const policyFile = path.resolve(args.policy ?? DEFAULT_POLICY());
   let cp: ControlPlane | undefined;
   let envoy: EnvoyProcess | undefined;
+  let watcher: PolicyWatcher | undefined;
   const stopAll = async () => {
+    watcher?.stop();
     await envoy?.stop().catch(() => undefined);
     await cp?.close().catch(() => undefined);
   };
   try {
     progress.step(`loading policy ${policyFile}`);
-    const { ir } = await compileFile(policyFile);
+    watcher = new PolicyWatcher({ file: policyFile, logger });
+    const ir = await watcher.start();
     progress.done();
 
     progress.step('finding Envoy');
@@ -76,6 +80,18 @@ export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSig
 
     progress.step('starting the control plane (xDS)');
     cp = new ControlPlane({ logger, nodeKey: args['node-id']!, translate: { egress: { listen: egress } } });
+    watcher.on('update', (next) => {
+      try {
+        const s = cp!.apply(next);
+        io.stderr.write(`• policy changed: publishing ${s.version}\n`);
+      } catch (e) {
+        io.stderr.write(`• policy change refused (the last good configuration stays live): ${(e as Error).message}\n`);
+      }
+    });
+    watcher.on('refused', (r) => {
+      io.stderr.write(`• policy change refused (the last good configuration stays live):\n`);
+      for (const i of r.issues.slice(0, 20)) io.stderr.write(`  ${formatIssue(i)}\n`);
+    });
     const xdsAddress = await cp.listen(args.xds);
     const snap = cp.apply(ir, { immediate: true });
     progress.done(xdsAddress);

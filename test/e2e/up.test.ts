@@ -1,4 +1,8 @@
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { eventually } from '../harness/ports.js';
 import net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { e2eGate } from '../harness/e2e-gate.js';
@@ -69,5 +73,49 @@ describe.skipIf(!gate.ok)('portcullis up (control plane + real Envoy)', () => {
     expect(err).toMatch(/stopping … ok/);
     expect(pidAlive(envoyPid)).toBe(false);
     await expect(fetch(`${admin}/ready`)).rejects.toThrow();
+  });
+
+  it('hot-reloads a valid policy change and keeps the last good configuration on an invalid one', async () => {
+    const egressPort = await freePort();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pc-up-'));
+    const file = path.join(dir, 'policy.yaml');
+    const base = [
+      'apiVersion: portcullis/v1',
+      'kind: Policy',
+      'deployment: { workloadTrustProfile: trusted_operator, runtime: gvisor }',
+      'egress:',
+      '  rung: transparent',
+      '  allow:',
+      '    - { host: pypi.org }',
+      '',
+    ].join('\n');
+    const write = (text: string) => {
+      // atomic replace, as editors and config managers do
+      fs.writeFileSync(`${file}.tmp`, text);
+      fs.renameSync(`${file}.tmp`, file);
+    };
+    write(base);
+    const child = spawn(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'up', '--json', '--policy', file, '--egress', `127.0.0.1:${egressPort}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    try {
+      await eventually(() => out.includes('"ready":true'), 60_000, 'up to be ready');
+      expect(await connectStatus(egressPort, 'newhost.example.net:443')).toMatch(/x-deny-reason: destination_not_allowed/);
+      // a valid change: the host appears (at the deny-all rung, so its reason changes)
+      write(`${base}    - { host: newhost.example.net, rung: deny-all }\n`);
+      await eventually(async () => /rung_deny_all/.test(await connectStatus(egressPort, 'newhost.example.net:443')), 20_000, 'the change to reach Envoy');
+      expect(err).toMatch(/policy changed: publishing v-/);
+      // an invalid change: refused with its location, Envoy keeps the last good config
+      write(`${fs.readFileSync(file, 'utf8')}\nbogusKey: 1\n`);
+      await eventually(() => /policy change refused[\s\S]*policy\.yaml:\d+:\d+/.test(err), 20_000, 'the refusal');
+      expect(await connectStatus(egressPort, 'newhost.example.net:443')).toMatch(/rung_deny_all/);
+    } finally {
+      child.kill('SIGTERM');
+      await exited;
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
