@@ -40,18 +40,20 @@ export interface EgressOptions {
   dnsResolvers?: readonly string[];
   /** upper bound on a CONNECT tunnel's life, so a revoked session's tunnel is cut (seconds) */
   maxTunnelSeconds?: number;
+  /** how often cached names are re-resolved (seconds, default 30); every answer is filtered again */
+  dnsRefreshSeconds?: number;
 }
 
 export const DNS_CACHE_CONFIG_TYPE = 'type.googleapis.com/envoy.extensions.common.dynamic_forward_proxy.v3.DnsCacheConfig';
 
 /** The DNS cache shared by the forward-proxy filter and cluster (they must carry identical config). */
-export function dnsCacheConfig(name: string, denySet: readonly string[], resolvers?: readonly string[]): Record<string, unknown> {
+export function dnsCacheConfig(name: string, denySet: readonly string[], resolvers?: readonly string[], refreshSeconds = 30): Record<string, unknown> {
   return {
     name,
     dns_lookup_family: 'ALL',
-    host_ttl: '60s',
+    host_ttl: `${Math.max(60, refreshSeconds * 2)}s`,
     max_hosts: 4096,
-    dns_refresh_rate: '30s',
+    dns_refresh_rate: `${refreshSeconds}s`,
     ...(resolvers?.length
       ? {
           typed_dns_resolver_config: {
@@ -86,7 +88,7 @@ function toSocketAddress(hostPort: string): Record<string, unknown> {
 }
 
 export function egressResources(ir: Ir, o: EgressOptions) {
-  const cache = dnsCacheConfig(EGRESS.dnsCache, ir.denySet, o.dnsResolvers);
+  const cache = dnsCacheConfig(EGRESS.dnsCache, ir.denySet, o.dnsResolvers, o.dnsRefreshSeconds);
   const listener = {
     name: EGRESS.listener,
     address: { socket_address: { address: o.listen.address, port_value: o.listen.port } },
