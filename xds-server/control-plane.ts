@@ -7,6 +7,7 @@ import { XdsServer } from './server.js';
 import { SnapshotCache, type NackRecord } from './cache.js';
 import { buildSnapshot, SnapshotInconsistentError, type Snapshot } from './snapshot.js';
 import { translate, type TranslateOptions } from './translate/index.js';
+import { AccessLogReceiver } from './als.js';
 
 /**
  * The control plane: owns the xDS server and the snapshot cache, turns a compiled policy (IR) into
@@ -58,6 +59,8 @@ export class ControlPlane {
       metrics: this.metrics,
       cache: new SnapshotCache({ holdOffMs: o.holdOffMs ?? 50 }),
     });
+    // Envoy's access logs come back over the same gRPC server (cluster `portcullis_xds`).
+    new AccessLogReceiver({ logger: o.logger, metrics: this.metrics, events: this.events }).register(this.server);
   }
 
   async listen(address = '127.0.0.1:0'): Promise<string> {

@@ -17,6 +17,8 @@ import { EnvoyProcess, stopAllEnvoys } from '../../envoy/process.js';
 import { rejectedUpdates } from '../../envoy/admin.js';
 import { XDS } from '../../envoy/api/type-urls.js';
 import { silentLogger } from '../../common/logger.js';
+import type { NetworkEvent } from '../../xds-server/als.js';
+import { eventually } from '../harness/ports.js';
 
 /**
  * The transparent rung through a real Envoy: clients in their own network namespace use Envoy as an
@@ -46,6 +48,9 @@ egress:
     - { host: rebind.allowed.test, ports: [${PORT}] }
     - { host: 198.51.100.10, ports: [${PORT}] }
     - { host: "2001:db8:5100::a", ports: [${PORT}] }
+storage:
+  backends:
+    - { host: store.test, ports: [${PORT}] }
 `;
 
 interface Case {
@@ -57,6 +62,8 @@ interface Case {
   reason?: string;
   /** denied only once resolved: explain allows the name, Envoy refuses the address */
   resolvedDeny?: boolean;
+  /** explain's reason when it is finer than Envoy's (same decision) */
+  explainReason?: string;
   sni?: string;
 }
 
@@ -75,11 +82,12 @@ const CASES: Case[] = [
   { authority: `deep.wild.test:22`, allow: false, reason: 'port_not_allowed' },
   { authority: `blocked.allowed.test:${PORT}`, allow: false, reason: 'rung_deny_all' },
   { authority: `198.51.100.12:${PORT}`, allow: false, reason: 'destination_not_allowed' },
-  // IP literals are allowed only when listed (and a listed one can never be inside the deny-set):
-  // an unlisted literal is simply not allowed, whatever range it is in.
-  { authority: `127.0.0.1:${PORT}`, allow: false, reason: 'destination_not_allowed' },
-  { authority: `169.254.169.254:${PORT}`, allow: false, reason: 'destination_not_allowed' },
-  { authority: `[::ffff:127.0.0.1]:${PORT}`, dest: `[::ffff:127.0.0.1]:${PORT}`, allow: false, reason: 'destination_not_allowed' },
+  // IP literals are allowed only when listed, and a listed one can never be inside the deny-set (a
+  // policy error). Envoy refuses an unlisted literal as not allowed; explain, which can parse every
+  // textual form of an address, names the deny-set as the reason. Same decision, finer reason.
+  { authority: `127.0.0.1:${PORT}`, allow: false, reason: 'destination_not_allowed', explainReason: 'resolved_ip_denied' },
+  { authority: `169.254.169.254:${PORT}`, allow: false, reason: 'destination_not_allowed', explainReason: 'resolved_ip_denied' },
+  { authority: `[::ffff:127.0.0.1]:${PORT}`, allow: false, reason: 'destination_not_allowed', explainReason: 'resolved_ip_denied' },
   { authority: `private.allowed.test:${PORT}`, allow: false, reason: 'resolved_ip_denied', resolvedDeny: true },
   { authority: `loop.allowed.test:${PORT}`, allow: false, reason: 'resolved_ip_denied', resolvedDeny: true },
   { authority: `meta.allowed.test:${PORT}`, allow: false, reason: 'resolved_ip_denied', resolvedDeny: true },
@@ -95,6 +103,8 @@ describe.skipIf(!gate.ok)('egress, transparent rung, through a real Envoy', () =
   let envoy: EnvoyProcess;
   let ir: Ir;
   let egressPort: number;
+  let storagePort: number;
+  const netEvents: NetworkEvent[] = [];
   let caFile: string;
   let sentinel: net.Server;
   const sentinelHits: string[] = [];
@@ -107,7 +117,7 @@ describe.skipIf(!gate.ok)('egress, transparent rung, through a real Envoy', () =
     caFile = path.join(tmp, 'ca.pem');
     fs.writeFileSync(caFile, ca.certPem);
     const cert = ca.issueServerCert({
-      dnsNames: ['api.allowed.test', '*.wild.test', '*.a.b.wild.test', 'xn--strae-oqa.test', 'rebind.allowed.test'],
+      dnsNames: ['api.allowed.test', '*.wild.test', '*.a.b.wild.test', 'xn--strae-oqa.test', 'rebind.allowed.test', 'store.test'],
       ips: [upIp, tn.host('up').ip6!],
     });
     up = await startUpstream({ netns: tn.host('up').netns, port: PORT, host: '::', tls: { certPem: cert.certPem, keyPem: cert.keyPem } });
@@ -115,6 +125,7 @@ describe.skipIf(!gate.ok)('egress, transparent rung, through a real Envoy', () =
       netns: tn.host('dns').netns,
       zone: {
         'api.allowed.test': { A: [upIp] },
+        'store.test': { A: [upIp] },
         '*.wild.test': { A: [upIp] },
         'xn--strae-oqa.test': { A: [upIp] },
         'blocked.allowed.test': { A: [upIp] },
@@ -136,10 +147,18 @@ describe.skipIf(!gate.ok)('egress, transparent rung, through a real Envoy', () =
 
     ir = compileText(POLICY, { file: 'egress-test.yaml', baseDir: tmp });
     egressPort = await freePort();
+    storagePort = await freePort();
+    const resolvers = [`${tn.host('dns').ip}:53`];
     cp = new ControlPlane({
       logger: silentLogger(),
       nodeKey: 'egress-e2e',
-      translate: { egress: { listen: { address: tn.rootIp, port: egressPort }, dnsResolvers: [`${tn.host('dns').ip}:53`], dnsRefreshSeconds: 1 } },
+      translate: {
+        egress: { listen: { address: tn.rootIp, port: egressPort }, dnsResolvers: resolvers, dnsRefreshSeconds: 1, accessLogCluster: 'portcullis_xds' },
+        storage: { listen: { address: '127.0.0.1', port: storagePort }, dnsResolvers: resolvers, accessLogCluster: 'portcullis_xds' },
+      },
+    });
+    cp.events.on((e) => {
+      if (e.type === 'network.egress' || e.type === 'network.denied') netEvents.push(e.data as unknown as NetworkEvent);
     });
     await cp.listen();
     const snap = cp.apply(ir, { immediate: true });
@@ -197,10 +216,44 @@ describe.skipIf(!gate.ok)('egress, transparent rung, through a real Envoy', () =
         expect(e.decision).toBe('allow');
       } else {
         expect(e.decision).toBe('deny');
-        expect(e.reason).toBe(c.reason);
+        expect(e.reason).toBe(c.explainReason ?? c.reason);
       }
     }
     expect(sentinelHits).toEqual([]);
+    // every request is access-logged to the control plane with its outcome and reason
+    const host = c.authority.toLowerCase().replace(/\.:/, ':');
+    const ev = await eventually(
+      () => netEvents.find((x) => x.lane === 'egress' && x.authority.toLowerCase().replace(/\.:/, ':') === host && (c.allow ? x.status === 200 : x.status === 403)),
+      10_000,
+      `the access log entry for ${c.authority}`,
+    );
+    expect(ev.reason).toBe(c.allow ? null : c.reason);
+    if (c.allow) expect(ev.bytesOut + ev.bytesIn).toBeGreaterThan(0);
+  });
+
+  it('storage lane: a listed backend is reached end to end (the client verifies the backend\'s own certificate); others are refused; every connection is logged', async () => {
+    const curl = async (url: string, extra: string[] = []) => {
+      const { execFile } = await import('node:child_process');
+      return new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+        execFile('curl', ['-sS', '-v', '--max-time', '10', '--proxy', `http://127.0.0.1:${storagePort}`, '--cacert', caFile, ...extra, url], (err, stdout, stderr) =>
+          resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+        );
+      });
+    };
+    const ok = await curl(`https://store.test:${PORT}/object`, ['--proxytunnel']);
+    expect(ok.code).toBe(0);
+    expect(JSON.parse(ok.stdout)).toMatchObject({ url: '/object', sni: 'store.test' });
+    expect(ok.stderr).toMatch(/issuer: .*Portcullis test CA|issuer:/i);
+    const other = await curl(`https://api.allowed.test:${PORT}/`, ['--proxytunnel']);
+    expect(other.code).not.toBe(0);
+    expect(other.stderr).toMatch(/x-deny-reason: destination_not_allowed/i);
+    // the storage lane is CONNECT only: a plain absolute-form request is refused
+    const plain = await curl(`http://store.test:${PORT}/`);
+    expect(plain.stderr).toMatch(/< HTTP\/1\.1 403/);
+    expect(plain.stderr).toMatch(/< x-deny-reason: destination_not_allowed/i);
+    expect(plain.stdout).not.toMatch(/"url"/);
+    await eventually(() => netEvents.some((x) => x.lane === 'storage' && x.authority === `store.test:${PORT}` && x.status === 200), 10_000, 'storage log entry');
+    await eventually(() => netEvents.some((x) => x.lane === 'storage' && x.status === 403 && x.reason === 'destination_not_allowed'), 10_000, 'storage denial log entry');
   });
 
   it('a name whose answer flips to loopback (rebinding) never reaches loopback', async () => {

@@ -24,9 +24,13 @@ export function denyRoute(match: Record<string, unknown>, reason: string, name?:
   };
 }
 
-/** Both request shapes a forward proxy sees: CONNECT (no path) and absolute-form requests. */
+/**
+ * Both request shapes a forward proxy sees: CONNECT (no path) and everything else. The empty prefix
+ * matches any path, including one Envoy did not parse (an absolute URL on a CONNECT-only listener),
+ * so no request falls through to a reason-less 404.
+ */
 export function bothMatches(extra: Record<string, unknown> = {}): Array<Record<string, unknown>> {
-  return [{ connect_matcher: {}, ...extra }, { prefix: '/', ...extra }];
+  return [{ connect_matcher: {}, ...extra }, { prefix: '', ...extra }];
 }
 
 /** Anchored, case-insensitive RE2 for an authority `host[:port]`. */
@@ -51,4 +55,26 @@ export function authorityDomains(host: string, kind: 'exact' | 'wildcard' | 'ip'
 
 export function sortByName<T extends { name?: unknown }>(xs: T[]): T[] {
   return xs.sort((a, b) => (String(a.name) < String(b.name) ? -1 : String(a.name) > String(b.name) ? 1 : 0));
+}
+
+/**
+ * gRPC access log to the control plane (ALS). Periodic entries for long tunnels come from the HCM's
+ * `access_log_options.access_log_flush_interval`; entries are cumulative per stream.
+ */
+export function grpcAccessLog(logName: string, cluster: string): Record<string, unknown> {
+  return {
+    name: 'envoy.access_loggers.http_grpc',
+    typed_config: {
+      '@type': EXT.httpGrpcAccessLog,
+      common_config: {
+        log_name: logName,
+        grpc_service: { envoy_grpc: { cluster_name: cluster } },
+        transport_api_version: 'V3',
+        buffer_flush_interval: '0.5s',
+        buffer_size_bytes: 16384,
+      },
+      additional_request_headers_to_log: ['x-portcullis-session'],
+      additional_response_headers_to_log: [DENY_HEADER],
+    },
+  };
 }

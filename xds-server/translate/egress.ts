@@ -9,6 +9,7 @@ import {
   bothMatches,
   denyRoute,
   routerFilter,
+  grpcAccessLog,
 } from './common.js';
 
 /**
@@ -42,6 +43,8 @@ export interface EgressOptions {
   maxTunnelSeconds?: number;
   /** how often cached names are re-resolved (seconds, default 30); every answer is filtered again */
   dnsRefreshSeconds?: number;
+  /** static cluster of the control plane's gRPC server: access logs (ALS) go there when set */
+  accessLogCluster?: string;
 }
 
 export const DNS_CACHE_CONFIG_TYPE = 'type.googleapis.com/envoy.extensions.common.dynamic_forward_proxy.v3.DnsCacheConfig';
@@ -87,10 +90,28 @@ function toSocketAddress(hostPort: string): Record<string, unknown> {
   return { socket_address: { address, port_value: port } };
 }
 
-export function egressResources(ir: Ir, o: EgressOptions) {
-  const cache = dnsCacheConfig(EGRESS.dnsCache, ir.denySet, o.dnsResolvers, o.dnsRefreshSeconds);
+export interface ProxyDestination {
+  host: string;
+  kind: 'exact' | 'wildcard' | 'ip';
+  ports: readonly number[];
+  rung: IrDestination['rung'];
+}
+
+interface ProxyLane {
+  listener: string;
+  routes: string;
+  cluster: string;
+  dnsCache: string;
+  statPrefix: string;
+  /** CONNECT only (the storage lane), or CONNECT and absolute-form http:// (egress) */
+  connectOnly: boolean;
+}
+
+/** An explicit forward proxy: listener + route table + dynamic forward proxy cluster. */
+export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyDestination[], o: EgressOptions) {
+  const cache = dnsCacheConfig(lane.dnsCache, ir.denySet, o.dnsResolvers, o.dnsRefreshSeconds);
   const listener = {
-    name: EGRESS.listener,
+    name: lane.listener,
     address: { socket_address: { address: o.listen.address, port_value: o.listen.port } },
     per_connection_buffer_limit_bytes: 1_048_576,
     filter_chains: [
@@ -100,10 +121,12 @@ export function egressResources(ir: Ir, o: EgressOptions) {
             name: 'envoy.filters.network.http_connection_manager',
             typed_config: {
               '@type': EXT.hcm,
-              stat_prefix: 'egress',
+              stat_prefix: lane.statPrefix,
               codec_type: 'AUTO',
-              rds: { route_config_name: EGRESS.routes, config_source: ADS_SOURCE },
+              rds: { route_config_name: lane.routes, config_source: ADS_SOURCE },
               upgrade_configs: [{ upgrade_type: 'CONNECT' }],
+              // absolute-form requests are parsed on both lanes, so the route table can answer them
+              // with a reason (the storage lane's routes refuse everything but CONNECT)
               http_protocol_options: { allow_absolute_url: true },
               strip_trailing_host_dot: true,
               normalize_path: true,
@@ -113,6 +136,9 @@ export function egressResources(ir: Ir, o: EgressOptions) {
               stream_idle_timeout: '300s',
               common_http_protocol_options: { idle_timeout: '300s', headers_with_underscores_action: 'REJECT_REQUEST' },
               use_remote_address: true,
+              ...(o.accessLogCluster
+                ? { access_log: [grpcAccessLog(lane.listener, o.accessLogCluster)], access_log_options: { access_log_flush_interval: '5s' } }
+                : {}),
               http_filters: [
                 {
                   name: 'envoy.filters.http.dynamic_forward_proxy',
@@ -138,10 +164,10 @@ export function egressResources(ir: Ir, o: EgressOptions) {
     ],
   };
 
-  const routes = { name: EGRESS.routes, virtual_hosts: egressVirtualHosts(ir, o) };
+  const routes = { name: lane.routes, virtual_hosts: proxyVirtualHosts(dests, lane, o) };
 
   const cluster = {
-    name: EGRESS.dfpCluster,
+    name: lane.cluster,
     connect_timeout: '5s',
     lb_policy: 'CLUSTER_PROVIDED',
     cluster_type: {
@@ -154,55 +180,70 @@ export function egressResources(ir: Ir, o: EgressOptions) {
   return { listeners: [listener], routes: [routes], clusters: [cluster] };
 }
 
-function vhostName(d: IrDestination): string {
+export function egressResources(ir: Ir, o: EgressOptions) {
+  if (ir.egress.defaultRung === 'deny-all') {
+    // Deny-all: the listener answers everything with `rung_deny_all`; no forward proxy at all.
+    const lane = forwardProxyLane(EGRESS_LANE, ir, [], o);
+    lane.routes[0]!.virtual_hosts = [{ name: 'deny-all', domains: ['*'], routes: bothMatches().map((m) => denyRoute(m, 'rung_deny_all')) }];
+    return lane;
+  }
+  return forwardProxyLane(EGRESS_LANE, ir, ir.egress.destinations, o);
+}
+
+const EGRESS_LANE: ProxyLane = {
+  listener: EGRESS.listener,
+  routes: EGRESS.routes,
+  cluster: EGRESS.dfpCluster,
+  dnsCache: EGRESS.dnsCache,
+  statPrefix: 'egress',
+  connectOnly: false,
+};
+
+function vhostName(d: ProxyDestination): string {
   return `dest:${d.host}`;
 }
 
-export function egressVirtualHosts(ir: Ir, o: EgressOptions): Array<Record<string, unknown>> {
-  if (ir.egress.defaultRung === 'deny-all') {
-    return [{ name: 'deny-all', domains: ['*'], routes: bothMatches().map((m) => denyRoute(m, 'rung_deny_all')) }];
-  }
+export function proxyVirtualHosts(dests: readonly ProxyDestination[], lane: ProxyLane, o: EgressOptions): Array<Record<string, unknown>> {
   const vhosts: Array<Record<string, unknown>> = [];
   const tunnelTimeout = `${o.maxTunnelSeconds ?? 3600}s`;
-  // One virtual host per destination host; several IR destinations may share a host (different ports).
-  const byHost = new Map<string, IrDestination[]>();
-  for (const d of ir.egress.destinations) byHost.set(d.host, [...(byHost.get(d.host) ?? []), d]);
-  for (const [host, dests] of byHost) {
-    const allowPorts = dests.filter((d) => d.rung === 'transparent').flatMap((d) => d.ports);
-    const denyPorts = dests.filter((d) => d.rung === 'deny-all').flatMap((d) => d.ports);
-    const kind = dests[0]!.kind;
+  const denyMatches = bothMatches();
+  // One virtual host per destination host; several destinations may share a host (different ports).
+  const byHost = new Map<string, ProxyDestination[]>();
+  for (const d of dests) byHost.set(d.host, [...(byHost.get(d.host) ?? []), d]);
+  for (const [host, ds] of byHost) {
+    const allowPorts = ds.filter((d) => d.rung === 'transparent').flatMap((d) => d.ports);
+    const denyPorts = ds.filter((d) => d.rung === 'deny-all').flatMap((d) => d.ports);
+    const kind = ds[0]!.kind;
     if (allowPorts.length) {
-      vhosts.push({
-        name: vhostName(dests[0]!),
-        domains: authorityDomains(host, kind, allowPorts),
-        routes: [
-          {
-            match: { connect_matcher: {} },
-            route: {
-              cluster: EGRESS.dfpCluster,
-              upgrade_configs: [{ upgrade_type: 'CONNECT', connect_config: {} }],
-              timeout: '0s',
-              max_stream_duration: { max_stream_duration: tunnelTimeout },
-            },
+      const routes: Array<Record<string, unknown>> = [
+        {
+          match: { connect_matcher: {} },
+          route: {
+            cluster: lane.cluster,
+            upgrade_configs: [{ upgrade_type: 'CONNECT', connect_config: {} }],
+            timeout: '0s',
+            max_stream_duration: { max_stream_duration: tunnelTimeout },
           },
-          { match: { prefix: '/' }, route: { cluster: EGRESS.dfpCluster, timeout: '60s' } },
-        ],
-      });
+        },
+      ];
+      if (!lane.connectOnly) routes.push({ match: { prefix: '/' }, route: { cluster: lane.cluster, timeout: '60s' } });
+      else routes.push(denyRoute({ prefix: '' }, 'destination_not_allowed'));
+      vhosts.push({ name: vhostName(ds[0]!), domains: authorityDomains(host, kind, allowPorts), routes });
     }
     if (denyPorts.length) {
       vhosts.push({
-        name: `${vhostName(dests[0]!)}:deny`,
+        name: `${vhostName(ds[0]!)}:deny`,
         domains: authorityDomains(host, kind, denyPorts),
-        routes: bothMatches().map((m) => denyRoute(m, 'rung_deny_all')),
+        routes: denyMatches.map((m) => denyRoute(m, 'rung_deny_all')),
       });
     }
     // bump / external-sds destinations are served by the TLS-terminating path
-    const unsupported = dests.filter((d) => d.rung === 'bump' || d.rung === 'external-sds');
-    if (unsupported.length) {
+    const pending = ds.filter((d) => d.rung === 'bump' || d.rung === 'external-sds');
+    if (pending.length) {
       vhosts.push({
-        name: `${vhostName(dests[0]!)}:pending`,
-        domains: authorityDomains(host, kind, unsupported.flatMap((d) => d.ports)),
-        routes: bothMatches().map((m) => denyRoute(m, 'rung_deny_all')),
+        name: `${vhostName(ds[0]!)}:pending`,
+        domains: authorityDomains(host, kind, pending.flatMap((d) => d.ports)),
+        routes: denyMatches.map((m) => denyRoute(m, 'rung_deny_all')),
       });
     }
   }
@@ -210,12 +251,12 @@ export function egressVirtualHosts(ir: Ir, o: EgressOptions): Array<Record<strin
   const portRoutes: Array<Record<string, unknown>> = [];
   for (const host of byHost.keys()) {
     const header = { name: ':authority', string_match: { safe_regex: { regex: authorityRegex(host) } } };
-    for (const m of bothMatches({ headers: [header] })) portRoutes.push(denyRoute(m, 'port_not_allowed'));
+    for (const m of denyMatches) portRoutes.push(denyRoute({ ...m, headers: [header] }, 'port_not_allowed'));
   }
   vhosts.push({
     name: 'not-allowed',
     domains: ['*'],
-    routes: [...portRoutes, ...bothMatches().map((m) => denyRoute(m, 'destination_not_allowed'))],
+    routes: [...portRoutes, ...denyMatches.map((m) => denyRoute(m, 'destination_not_allowed'))],
   });
   return vhosts;
 }
