@@ -5,6 +5,7 @@ import { projectRoot } from '../common/paths.js';
 import { runPolicyCli } from '../policy/cli.js';
 import { runUp } from './up.js';
 import { registerRender } from './render.js';
+import { runAuditCli } from '../audit/cli.js';
 import { EXIT, type CliIo } from './io.js';
 
 const USAGE = `Usage: portcullis <command> [options]
@@ -12,6 +13,7 @@ const USAGE = `Usage: portcullis <command> [options]
 Commands:
   up                 start the control plane and Envoy with a policy (default: the solo default)
   policy <sub>       validate | explain | diff | test | render | schema  (portcullis policy --help)
+  audit verify FILE  check the audit log's hash chain and signed checkpoints
   version            print versions
 
 Every command prints human output by default and JSON with --json. Exit codes: 0 ok, 1 failure,
@@ -25,6 +27,8 @@ export async function main(argv: string[], io: CliIo = { stdout: process.stdout,
     case 'policy':
       registerRender();
       return runPolicyCli(rest, io);
+    case 'audit':
+      return runAuditCli(rest, io);
     case 'version':
     case '--version': {
       const pkg = JSON.parse(fs.readFileSync(path.join(projectRoot(), 'package.json'), 'utf8')) as { version: string };

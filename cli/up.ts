@@ -11,6 +11,8 @@ import { findEnvoy, INSTALL_HINT } from '../envoy/binary.js';
 import { rejectedUpdates } from '../envoy/admin.js';
 import { XDS_TYPE_URLS } from '../envoy/api/type-urls.js';
 import { EGRESS } from '../xds-server/translate/egress.js';
+import { XDS_CLUSTER_NAME } from '../envoy/bootstrap.js';
+import { AuditWriter } from '../audit/writer.js';
 import { EXIT, Progress, type CliIo } from './io.js';
 
 export const UP_USAGE = `Usage: portcullis up [--policy FILE] [--xds HOST:PORT] [--egress HOST:PORT] [--ads sotw|delta] [--json]
@@ -63,10 +65,12 @@ export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSig
   let cp: ControlPlane | undefined;
   let envoy: EnvoyProcess | undefined;
   let watcher: PolicyWatcher | undefined;
+  let audit: AuditWriter | undefined;
   const stopAll = async () => {
     watcher?.stop();
     await envoy?.stop().catch(() => undefined);
     await cp?.close().catch(() => undefined);
+    await audit?.close().catch(() => undefined);
   };
   try {
     progress.step(`loading policy ${policyFile}`);
@@ -74,12 +78,17 @@ export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSig
     const ir = await watcher.start();
     progress.done();
 
+    progress.step(`opening the audit log ${ir.audit.file}`);
+    audit = await AuditWriter.open({ dataDir: path.dirname(ir.audit.file), fileName: path.basename(ir.audit.file), logger });
+    progress.done(audit.recovery ? `recovered (${JSON.stringify(audit.recovery)})` : 'ok');
+
     progress.step('finding Envoy');
     const bin = await findEnvoy();
     progress.done(`${bin.version} at ${bin.path}`);
 
     progress.step('starting the control plane (xDS)');
-    cp = new ControlPlane({ logger, nodeKey: args['node-id']!, translate: { egress: { listen: egress } } });
+    cp = new ControlPlane({ logger, nodeKey: args['node-id']!, translate: { egress: { listen: egress, accessLogCluster: XDS_CLUSTER_NAME } } });
+    audit.attach(cp.events);
     watcher.on('update', (next) => {
       try {
         const s = cp!.apply(next);
@@ -121,6 +130,7 @@ export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSig
       egressProxy: `http://${args.egress}`,
       policy: policyFile,
       configVersion: snap.version,
+      auditLog: audit.path,
     };
     if (args.json) io.stdout.write(`${JSON.stringify({ ready: true, endpoints })}\n`);
     else {
@@ -129,6 +139,7 @@ export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSig
       io.stdout.write(`  xDS (control plane):  ${endpoints.xds}\n`);
       io.stdout.write(`  Envoy admin:          ${endpoints.envoyAdmin}  (127.0.0.1 only)\n`);
       io.stdout.write(`  policy:               ${endpoints.policy} (${endpoints.configVersion})\n`);
+      io.stdout.write(`  audit log:            ${endpoints.auditLog}  (portcullis audit verify ${endpoints.auditLog})\n`);
       io.stdout.write(`\nPress Ctrl-C to stop.\n`);
     }
 

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -71,6 +71,12 @@ describe.skipIf(!gate.ok)('portcullis up (control plane + real Envoy)', () => {
     child.kill(sig);
     expect(await exited).toBe(0);
     expect(err).toMatch(/stopping … ok/);
+    // the denials above were access-logged by Envoy, turned into events and written to the audit
+    // log, whose chain verifies after the stop
+    const audit = fs.readFileSync(ready.endpoints.auditLog!, 'utf8');
+    expect(audit).toContain('destination_not_allowed');
+    const verify = spawnSync(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'audit', 'verify', ready.endpoints.auditLog!], { encoding: 'utf8' });
+    expect(verify.status, verify.stdout + verify.stderr).toBe(0);
     expect(pidAlive(envoyPid)).toBe(false);
     await expect(fetch(`${admin}/ready`)).rejects.toThrow();
   });
