@@ -68,13 +68,13 @@ describe.skipIf(!gate.ok)('portcullis up (control plane + real Envoy)', () => {
     expect((await fetch(`${admin}/ready`)).status).toBe(200);
     expect(await connectStatus(egressPort, 'example.invalid:443')).toMatch(/403[\s\S]*x-deny-reason: destination_not_allowed/);
     expect(await connectStatus(egressPort, 'pypi.org:22')).toMatch(/x-deny-reason: port_not_allowed/);
+    // the denials above are access-logged by Envoy, turned into events and written to the audit log
+    await eventually(() => fs.readFileSync(ready.endpoints.auditLog!, 'utf8').includes('"authority":"example.invalid:443"'), 15_000, 'the denial in the audit log');
     child.kill(sig);
     expect(await exited).toBe(0);
     expect(err).toMatch(/stopping … ok/);
-    // the denials above were access-logged by Envoy, turned into events and written to the audit
-    // log, whose chain verifies after the stop
-    const audit = fs.readFileSync(ready.endpoints.auditLog!, 'utf8');
-    expect(audit).toContain('destination_not_allowed');
+    // ... whose chain verifies after the stop
+    expect(fs.readFileSync(ready.endpoints.auditLog!, 'utf8')).toContain('destination_not_allowed');
     const verify = spawnSync(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'audit', 'verify', ready.endpoints.auditLog!], { encoding: 'utf8' });
     expect(verify.status, verify.stdout + verify.stderr).toBe(0);
     expect(pidAlive(envoyPid)).toBe(false);
