@@ -8,6 +8,12 @@ import { SnapshotCache, type NackRecord } from './cache.js';
 import { buildSnapshot, SnapshotInconsistentError, type Snapshot } from './snapshot.js';
 import { translate, type TranslateOptions } from './translate/index.js';
 import { AccessLogReceiver } from './als.js';
+import fs from 'node:fs';
+import { AuthzRouter } from './authz-router.js';
+import { registerEgressAuthz } from './egress-authz.js';
+import type { SessionAuthority } from './sessions.js';
+import { bumpSecretNames, credentialSecretName } from './translate/bump.js';
+import { allowListPolicy, type Minter } from '../sds-minter/index.js';
 
 /**
  * The control plane: owns the xDS server and the snapshot cache, turns a compiled policy (IR) into
@@ -26,6 +32,8 @@ export interface ControlPlaneOptions {
   holdOffMs?: number;
   /** clusters that live in Envoy's bootstrap (ext_authz, ALS) */
   staticClusters?: readonly string[];
+  /** needed for the bump / external-sds rungs: session checks and the per-SNI leaves */
+  bump?: { sessions: SessionAuthority; minter: Minter };
 }
 
 export interface RefusedReload {
@@ -61,6 +69,36 @@ export class ControlPlane {
     });
     // Envoy's access logs come back over the same gRPC server (cluster `portcullis_xds`).
     new AccessLogReceiver({ logger: o.logger, metrics: this.metrics, events: this.events }).register(this.server);
+    // One ext_authz service for every listener; lanes are added by the parts that need them.
+    this.authz = new AuthzRouter(o.logger);
+    if (o.bump) registerEgressAuthz(this.authz, { sessions: o.bump.sessions, metrics: this.metrics, events: this.events });
+    this.authz.register(this.server);
+  }
+
+  readonly authz: AuthzRouter;
+
+  /**
+   * Secret material for the snapshot, gathered at the edge: a leaf per bump host from the minter and
+   * each file-sourced credential, formatted for injection. Values never leave the snapshot.
+   */
+  private secretsFor(ir: Ir): Record<string, unknown>[] {
+    if (!this.o.bump || !this.o.translate.egress.bump) return [];
+    const want = bumpSecretNames(ir);
+    this.o.bump.minter.setPolicy(allowListPolicy(want.leaves));
+    const out: Record<string, unknown>[] = want.leaves.map((h) => this.o.bump!.minter.leafSecret(h) as unknown as Record<string, unknown>);
+    for (const d of ir.egress.destinations) {
+      const c = d.credential;
+      if (!c || c.source.kind !== 'file' || out.some((x) => x.name === credentialSecretName(c.name))) continue;
+      let raw: string;
+      try {
+        raw = fs.readFileSync(c.source.path, 'utf8').trim();
+      } catch (e) {
+        throw new PortcullisError('credential_unavailable', `credential "${c.name}" cannot be read from its file`, { cause: e });
+      }
+      if (!raw) throw new PortcullisError('credential_unavailable', `credential "${c.name}" file is empty`);
+      out.push({ name: credentialSecretName(c.name), generic_secret: { secret: { inline_string: c.format.replace('{secret}', raw) } } });
+    }
+    return out;
   }
 
   async listen(address = '127.0.0.1:0'): Promise<string> {
@@ -71,7 +109,7 @@ export class ControlPlane {
   apply(ir: Ir, opts: { immediate?: boolean } = {}): Snapshot {
     let snap: Snapshot;
     try {
-      const t = translate(ir, this.o.translate);
+      const t = translate(ir, { ...this.o.translate, secrets: this.secretsFor(ir) });
       snap = buildSnapshot(t.input, { staticClusters: [...t.staticClusters, ...(this.o.staticClusters ?? [])] });
     } catch (e) {
       const err = e instanceof PortcullisError ? e : new PortcullisError('internal', 'translation failed', { cause: e });

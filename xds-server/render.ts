@@ -2,6 +2,8 @@ import type { Ir } from '../policy/ir.js';
 import { SHORT_NAME, XDS, XDS_TYPE_URLS } from '../envoy/api/type-urls.js';
 import { buildSnapshot } from './snapshot.js';
 import { translate, type TranslateOptions } from './translate/index.js';
+import { bumpSecretNames, leafSecretName } from './translate/bump.js';
+import { XDS_CLUSTER_NAME } from '../envoy/bootstrap.js';
 
 /**
  * `portcullis policy render`: the Envoy resources a policy compiles to, exactly as they would be
@@ -9,7 +11,11 @@ import { translate, type TranslateOptions } from './translate/index.js';
  */
 
 export const DEFAULT_RENDER_OPTIONS: TranslateOptions = {
-  egress: { listen: { address: '0.0.0.0', port: 15001 } },
+  egress: {
+    listen: { address: '0.0.0.0', port: 15001 },
+    accessLogCluster: XDS_CLUSTER_NAME,
+    bump: { controlPlaneCluster: XDS_CLUSTER_NAME },
+  },
 };
 
 export const REDACTED = '[redacted]';
@@ -35,7 +41,13 @@ export interface Rendered {
 
 export function renderIr(ir: Ir, opts: TranslateOptions = DEFAULT_RENDER_OPTIONS): Rendered {
   const t = translate(ir, opts);
-  const snap = buildSnapshot(t.input, { staticClusters: t.staticClusters });
+  // Leaves and file credentials are made at run time (sds-minter, credential files): their names are
+  // referenced here, their values never rendered.
+  const names = bumpSecretNames(ir);
+  const snap = buildSnapshot(t.input, {
+    staticClusters: t.staticClusters,
+    externalSecrets: [...names.leaves.map(leafSecretName), ...names.credentials.filter((c) => c.kind === 'file').map((c) => c.secret)],
+  });
   const resources: Record<string, unknown[]> = {};
   for (const typeUrl of XDS_TYPE_URLS) {
     const list = [...snap.resources.get(typeUrl)!.values()].map((r) => (typeUrl === XDS.secret ? redactSecrets(r.body, true) : redactSecrets(r.body)));

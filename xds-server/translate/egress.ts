@@ -1,4 +1,5 @@
 import type { Ir, IrDestination } from '../../policy/ir.js';
+import { bumpVirtualHost, extAuthzFilter, isBumped, tunnelFilterState, type BumpOptions } from './bump.js';
 import { EXT } from '../../envoy/api/type-urls.js';
 import { parseCidr } from '../../policy/ip.js';
 import {
@@ -45,6 +46,8 @@ export interface EgressOptions {
   dnsRefreshSeconds?: number;
   /** static cluster of the control plane's gRPC server: access logs (ALS) go there when set */
   accessLogCluster?: string;
+  /** the bump / external-sds rungs need the control plane's ext_authz (tunnel and per-request checks) */
+  bump?: BumpOptions;
 }
 
 export const DNS_CACHE_CONFIG_TYPE = 'type.googleapis.com/envoy.extensions.common.dynamic_forward_proxy.v3.DnsCacheConfig';
@@ -110,6 +113,7 @@ interface ProxyLane {
 /** An explicit forward proxy: listener + route table + dynamic forward proxy cluster. */
 export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyDestination[], o: EgressOptions) {
   const cache = dnsCacheConfig(lane.dnsCache, ir.denySet, o.dnsResolvers, o.dnsRefreshSeconds);
+  const withBump = !!o.bump && dests.some((d) => d.rung === 'bump' || d.rung === 'external-sds');
   const listener = {
     name: lane.listener,
     address: { socket_address: { address: o.listen.address, port_value: o.listen.port } },
@@ -140,6 +144,8 @@ export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyD
                 ? { access_log: [grpcAccessLog(lane.listener, o.accessLogCluster)], access_log_options: { access_log_flush_interval: '5s' } }
                 : {}),
               http_filters: [
+                // ext_authz runs only where a virtual host enables it (bump destinations)
+                ...(withBump ? [extAuthzFilter(o.bump!.controlPlaneCluster), tunnelFilterState()] : []),
                 {
                   name: 'envoy.filters.http.dynamic_forward_proxy',
                   typed_config: { '@type': EXT.httpDfp, dns_cache_config: cache },
@@ -164,7 +170,12 @@ export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyD
     ],
   };
 
-  const routes = { name: lane.routes, virtual_hosts: proxyVirtualHosts(dests, lane, o) };
+  const vhosts = proxyVirtualHosts(dests, lane, o);
+  if (withBump) {
+    // every virtual host that does not ask for ext_authz turns it off
+    for (const vh of vhosts) vh.typed_per_filter_config ??= { 'envoy.filters.http.ext_authz': { '@type': EXT.extAuthzPerRoute, disabled: true } };
+  }
+  const routes = { name: lane.routes, virtual_hosts: vhosts };
 
   const cluster = {
     name: lane.cluster,
@@ -237,14 +248,16 @@ export function proxyVirtualHosts(dests: readonly ProxyDestination[], lane: Prox
         routes: denyMatches.map((m) => denyRoute(m, 'rung_deny_all')),
       });
     }
-    // bump / external-sds destinations are served by the TLS-terminating path
-    const pending = ds.filter((d) => d.rung === 'bump' || d.rung === 'external-sds');
-    if (pending.length) {
-      vhosts.push({
-        name: `${vhostName(ds[0]!)}:pending`,
-        domains: authorityDomains(host, kind, pending.flatMap((d) => d.ports)),
-        routes: denyMatches.map((m) => denyRoute(m, 'rung_deny_all')),
-      });
+    // bump / external-sds destinations go through the TLS-terminating listener (bump.ts); without
+    // the control plane's ext_authz to check sessions they cannot be served, and are refused
+    const bumped = ds.filter((d) => d.rung === 'bump' || d.rung === 'external-sds');
+    if (bumped.length) {
+      const domains = authorityDomains(host, kind, bumped.flatMap((d) => d.ports)).filter((dm) => dm !== host);
+      vhosts.push(
+        o.bump
+          ? bumpVirtualHost(host, domains, o)
+          : { name: `${vhostName(ds[0]!)}:bump-unavailable`, domains, routes: denyMatches.map((m) => denyRoute(m, 'session_credential_missing')) },
+      );
     }
   }
   // Catch-all: known hosts on another port, then everything else.

@@ -2,7 +2,9 @@ import type { Ir } from '../../policy/ir.js';
 import { XDS } from '../../envoy/api/type-urls.js';
 import type { SnapshotInput } from '../snapshot.js';
 import { egressResources, type EgressOptions } from './egress.js';
+import { ingressResources, type IngressOptions } from './ingress.js';
 import { storageResources } from './storage.js';
+import { bumpResources } from './bump.js';
 
 /**
  * IR → Envoy resources. Pure: the same IR and options always give the same resources, sorted by
@@ -13,6 +15,14 @@ export interface TranslateOptions {
   egress: EgressOptions;
   /** the storage lane (host-side storage client); omitted = no storage listener */
   storage?: EgressOptions;
+  /** the MCP ingress listener; omitted = no ingress listener */
+  ingress?: IngressOptions;
+  /**
+   * Secret resources the snapshot carries (proto3 JSON): leaves for bump hosts (`leaf:<host>`) and
+   * file-sourced credentials (`cred:<name>`), made at the edge by the control plane; secrets are
+   * never produced by the translator itself.
+   */
+  secrets?: readonly Record<string, unknown>[];
 }
 
 export interface Translation {
@@ -23,16 +33,20 @@ export interface Translation {
 
 export function translate(ir: Ir, o: TranslateOptions): Translation {
   const egress = egressResources(ir, o.egress);
+  const bump = o.egress.bump ? bumpResources(ir, o.egress, o.egress.bump) : { listeners: [], clusters: [] };
   const storage = o.storage ? storageResources(ir, o.storage) : { listeners: [], routes: [], clusters: [] };
-  const staticClusters = [o.egress.accessLogCluster, o.storage?.accessLogCluster].filter((c): c is string => !!c);
+  const ingress = o.ingress ? ingressResources(ir, o.ingress) : { listeners: [], routes: [], clusters: [], staticClusters: [] };
+  const staticClusters = [o.egress.accessLogCluster, o.storage?.accessLogCluster, o.egress.bump?.controlPlaneCluster, ...ingress.staticClusters].filter(
+    (c): c is string => !!c,
+  );
   const byName = <T extends { name: string }>(xs: T[]) => xs.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   return {
     input: {
-      [XDS.listener]: byName([...egress.listeners, ...storage.listeners]),
-      [XDS.route]: byName([...egress.routes, ...storage.routes]),
-      [XDS.cluster]: byName([...egress.clusters, ...storage.clusters]),
+      [XDS.listener]: byName([...egress.listeners, ...bump.listeners, ...storage.listeners, ...ingress.listeners]),
+      [XDS.route]: byName([...egress.routes, ...storage.routes, ...ingress.routes]),
+      [XDS.cluster]: byName([...egress.clusters, ...bump.clusters, ...storage.clusters, ...ingress.clusters]),
       [XDS.endpoint]: [],
-      [XDS.secret]: [],
+      [XDS.secret]: byName([...(o.secrets ?? [])].map((x) => ({ ...x }) as Record<string, unknown> & { name: string })),
     },
     staticClusters: [...new Set(staticClusters)],
   };

@@ -1,0 +1,269 @@
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SignJWT, exportJWK, generateKeyPair, type JWK } from 'jose';
+import { e2eGate } from '../harness/e2e-gate.js';
+import { createTestNet, type TestNet } from '../harness/netns.js';
+import { startUpstream, type Upstream } from '../harness/upstream.js';
+import { startDnsServerIn, type DnsServerProcess } from '../harness/dns-server.js';
+import { createTestCa } from '../harness/test-ca.js';
+import { eventually, freePort } from '../harness/ports.js';
+import { PolicyWatcher } from '../../policy/watch.js';
+import { explain } from '../../policy/explain.js';
+import type { Ir } from '../../policy/ir.js';
+import { ControlPlane } from '../../xds-server/control-plane.js';
+import { JwtSessions, SESSION_AUDIENCE } from '../../xds-server/sessions.js';
+import { Minter } from '../../sds-minter/index.js';
+import { EnvoyProcess, stopAllEnvoys } from '../../envoy/process.js';
+import { rejectedUpdates } from '../../envoy/admin.js';
+import { XDS_CLUSTER_NAME } from '../../envoy/bootstrap.js';
+import { XDS } from '../../envoy/api/type-urls.js';
+import { silentLogger } from '../../common/logger.js';
+
+/**
+ * The bump rung through a real Envoy: TLS terminated with a per-SNI leaf minted by sds-minter and
+ * served over SDS, Host pinned to SNI, upstream TLS re-originated with strict validation, the
+ * credential injected (overwriting the guest's) only into requests of a tunnel with a valid,
+ * unrevoked session.
+ */
+const gate = e2eGate(['envoy', 'root', 'netns'], 'egress (bump rung)');
+const PORT = 8443;
+
+describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pc-bump-'));
+  let tn: TestNet;
+  let up: Upstream;
+  let bad: Upstream;
+  let self: Upstream;
+  let dns: DnsServerProcess;
+  let cp: ControlPlane;
+  let envoy: EnvoyProcess;
+  let watcher: PolicyWatcher;
+  let minter: Minter;
+  let sessions: JwtSessions;
+  let ir: Ir;
+  let egressPort: number;
+  let deploymentCaFile: string;
+  let jwk: JWK;
+  let signKey: CryptoKey;
+  const keyFile = path.join(tmp, 'upstream.key');
+
+  const token = (sid: string, expSec = 600) =>
+    new SignJWT({ sid })
+      .setProtectedHeader({ alg: 'EdDSA', kid: 'k1' })
+      .setAudience(SESSION_AUDIENCE)
+      .setIssuedAt()
+      .setExpirationTime(Math.floor(Date.now() / 1000) + expSec)
+      .sign(signKey);
+
+  beforeAll(async () => {
+    tn = await createTestNet({ hosts: ['up', 'bad', 'self', 'dns', 'cli'] });
+    const ca = createTestCa();
+    const upCaFile = path.join(tmp, 'upstream-ca.pem');
+    fs.writeFileSync(upCaFile, ca.certPem);
+    const good = ca.issueServerCert({ dnsNames: ['api.bump.test', 'other.bump.test'] });
+    const expired = ca.issueServerCert({ dnsNames: ['expired.bump.test'], expired: true });
+    const selfSigned = ca.issueServerCert({ dnsNames: ['selfsigned.bump.test'], selfSigned: true });
+    up = await startUpstream({ netns: tn.host('up').netns, port: PORT, tls: { certPem: good.certPem, keyPem: good.keyPem } });
+    bad = await startUpstream({ netns: tn.host('bad').netns, port: PORT, tls: { certPem: expired.certPem, keyPem: expired.keyPem } });
+    self = await startUpstream({ netns: tn.host('self').netns, port: PORT, tls: { certPem: selfSigned.certPem, keyPem: selfSigned.keyPem } });
+    dns = await startDnsServerIn({
+      netns: tn.host('dns').netns,
+      zone: {
+        'api.bump.test': { A: [tn.host('up').ip] },
+        'other.bump.test': { A: [tn.host('up').ip] },
+        'expired.bump.test': { A: [tn.host('bad').ip] },
+        'selfsigned.bump.test': { A: [tn.host('self').ip] },
+      },
+    });
+    fs.writeFileSync(keyFile, 's3cret-v1\n', { mode: 0o600 });
+    const policyFile = path.join(tmp, 'policy.yaml');
+    fs.writeFileSync(
+      policyFile,
+      [
+        'apiVersion: portcullis/v1',
+        'kind: Policy',
+        'deployment: { workloadTrustProfile: trusted_operator, runtime: gvisor }',
+        'egress:',
+        '  rung: transparent',
+        `  upstreamTrust: { caFile: ${upCaFile} }`,
+        '  allow:',
+        `    - { host: api.bump.test, ports: [${PORT}], rung: bump, credential: upstream-key }`,
+        `    - { host: other.bump.test, ports: [${PORT}], rung: bump }`,
+        `    - { host: expired.bump.test, ports: [${PORT}], rung: bump }`,
+        `    - { host: selfsigned.bump.test, ports: [${PORT}], rung: bump }`,
+        '  credentials:',
+        `    - { name: upstream-key, header: authorization, format: "Bearer {secret}", source: { file: ${keyFile} } }`,
+        '',
+      ].join('\n'),
+    );
+
+    const kp = await generateKeyPair('EdDSA', { crv: 'Ed25519' });
+    signKey = kp.privateKey as CryptoKey;
+    jwk = { ...(await exportJWK(kp.publicKey)), kid: 'k1', alg: 'EdDSA' };
+    sessions = new JwtSessions({ jwks: () => ({ keys: [jwk] }) });
+    minter = await Minter.open({ dataDir: path.join(tmp, 'minter'), deploymentId: 'bump-e2e', policy: [], logger: silentLogger() });
+    deploymentCaFile = path.join(tmp, 'deployment-ca.pem');
+    fs.writeFileSync(deploymentCaFile, minter.bundlePem());
+
+    egressPort = await freePort();
+    cp = new ControlPlane({
+      logger: silentLogger(),
+      nodeKey: 'bump-e2e',
+      translate: {
+        egress: {
+          listen: { address: tn.rootIp, port: egressPort },
+          dnsResolvers: [`${tn.host('dns').ip}:53`],
+          accessLogCluster: XDS_CLUSTER_NAME,
+          bump: { controlPlaneCluster: XDS_CLUSTER_NAME },
+        },
+      },
+      bump: { sessions, minter },
+    });
+    await cp.listen();
+    watcher = new PolicyWatcher({ file: policyFile, logger: silentLogger() });
+    ir = await watcher.start();
+    // credential file rotated → re-publish (what `portcullis up` does on the same event)
+    watcher.on('credentials', () => cp.apply(watcher.current()!));
+    const snap = cp.apply(ir, { immediate: true });
+    envoy = await EnvoyProcess.start({ bootstrap: { nodeId: 'bump-e2e', xds: { port: cp.server.port } }, logger: silentLogger() });
+    await envoy.waitConnected();
+    await envoy.waitForVersion(XDS.listener, snap.version, 20_000);
+  });
+
+  afterAll(async () => {
+    watcher?.stop();
+    await stopAllEnvoys();
+    await cp?.close();
+    for (const u of [up, bad, self]) await u?.stop();
+    await dns?.stop();
+    await tn?.destroy();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  });
+
+  async function curl(url: string, opts: { token?: string; headers?: string[]; connectTo?: string } = {}) {
+    const proxy = opts.token ? `http://session:${opts.token}@${tn.rootIp}:${egressPort}` : `http://${tn.rootIp}:${egressPort}`;
+    const args = ['-sS', '-v', '--max-time', '10', '--proxy', proxy, '--cacert', deploymentCaFile];
+    for (const h of opts.headers ?? []) args.push('-H', h);
+    if (opts.connectTo) args.push('--connect-to', opts.connectTo);
+    args.push(url);
+    const r = await tn.runIn('cli', 'curl', args, { check: false, timeoutMs: 20_000 });
+    const statuses = [...r.stderr.matchAll(/< HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]));
+    const reasons = [...r.stderr.matchAll(/< x-deny-reason: (\S+)/gi)].map((m) => m[1]);
+    return { ...r, statuses, reasons };
+  }
+
+  it('Envoy accepted the bump configuration, and serves a minted leaf for each bump host', async () => {
+    expect(rejectedUpdates(await envoy.admin.stats())).toEqual({});
+    const certs = JSON.stringify(await envoy.admin.certs());
+    expect(certs).toContain('api.bump.test');
+    expect(explain(ir, `api.bump.test:${PORT}`)).toMatchObject({ decision: 'allow', rung: 'bump', credential: 'upstream-key' });
+  });
+
+  it('with a valid session: 200, TLS by the deployment CA, the credential injected over the guest\'s', async () => {
+    const before = up.requests().length;
+    const r = await curl(`https://api.bump.test:${PORT}/probe`, { token: await token('s-ok'), headers: ['Authorization: Bearer guest-supplied'] });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.statuses).toEqual([200, 200]);
+    // the guest verified the leaf with the deployment CA only
+    expect(r.stderr).toMatch(/issuer: .*Portcullis deployment CA/);
+    const seen = up.requests().slice(before);
+    expect(seen).toHaveLength(1);
+    expect(seen[0]!.headers.authorization).toBe('Bearer s3cret-v1');
+    expect(seen[0]!.sni).toBe('api.bump.test');
+    expect(JSON.stringify(seen[0]!.headers)).not.toContain('x-portcullis');
+    expect(JSON.stringify(seen[0]!.headers)).not.toContain('guest-supplied');
+  });
+
+  it('without a session: the tunnel is refused (407 session_credential_missing); the upstream sees nothing', async () => {
+    const before = up.connections().length;
+    const r = await curl(`https://api.bump.test:${PORT}/probe`);
+    expect(r.statuses[0]).toBe(407);
+    expect(r.reasons[0]).toBe('session_credential_missing');
+    const forged = await curl(`https://api.bump.test:${PORT}/probe`, { token: 'not-a-jwt' });
+    expect(forged.statuses[0]).toBe(407);
+    const expired = await curl(`https://api.bump.test:${PORT}/probe`, { token: await token('s-old', -60) });
+    expect(expired.statuses[0]).toBe(403);
+    expect(expired.reasons[0]).toBe('session_expired');
+    expect(up.connections().length).toBe(before);
+  });
+
+  it('Host ≠ SNI inside a bumped tunnel → refused (sni_mismatch); so is a CONNECT to one name carrying the SNI of another', async () => {
+    const before = up.requests().length;
+    const hostSwap = await curl(`https://api.bump.test:${PORT}/probe`, { token: await token('s-host'), headers: ['Host: other.bump.test'] });
+    expect(hostSwap.statuses).toEqual([200, 403]);
+    expect(hostSwap.reasons).toEqual(['sni_mismatch']);
+    // CONNECT api.bump.test, then TLS with SNI other.bump.test
+    const sniSwap = await curl(`https://other.bump.test:${PORT}/probe`, { token: await token('s-sni'), connectTo: `other.bump.test:${PORT}:api.bump.test:${PORT}` });
+    expect(sniSwap.stderr).toMatch(/CONNECT api\.bump\.test:8443/);
+    expect(sniSwap.statuses).toEqual([200, 403]);
+    expect(sniSwap.reasons).toEqual(['sni_mismatch']);
+    // an SNI that is no bump host gets no handshake at all
+    const unknown = await curl(`https://evil.test:${PORT}/probe`, { token: await token('s-evil'), connectTo: `evil.test:${PORT}:api.bump.test:${PORT}` });
+    expect(unknown.code).not.toBe(0);
+    expect(up.requests().length).toBe(before);
+  });
+
+  it('an upstream with an expired or self-signed certificate → 503, fail-closed', async () => {
+    for (const host of ['expired.bump.test', 'selfsigned.bump.test']) {
+      const r = await curl(`https://${host}:${PORT}/probe`, { token: await token(`s-${host}`) });
+      expect(r.statuses, host).toEqual([200, 503]);
+    }
+    expect(bad.requests()).toHaveLength(0);
+    expect(self.requests()).toHaveLength(0);
+  });
+
+  it('a revoked session is cut inside an already-open tunnel at its next request, and gets no credential', async () => {
+    const tok = await token('s-revoke');
+    const child = tn.spawnIn('cli', 'python3', ['test/harness/scripts/tunnel-client.py', tn.rootIp, String(egressPort), `api.bump.test:${PORT}`, tok, deploymentCaFile, 'api.bump.test'], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    const lines = readline.createInterface({ input: child.stdout! });
+    const next = () => new Promise<Record<string, unknown>>((resolve) => lines.once('line', (l) => resolve(JSON.parse(l))));
+    try {
+      expect(String((await next()).connect)).toMatch(/ 200 /);
+      child.stdin!.write(`GET api.bump.test:${PORT} /one Bearer guest\n`);
+      expect(await next()).toMatchObject({ status: 200 });
+      // a Host on another port than the tunnel's is refused too
+      child.stdin!.write(`GET api.bump.test /default-port\n`);
+      expect(await next()).toMatchObject({ status: 403, reason: 'sni_mismatch' });
+      const before = up.requests().length;
+      sessions.revoke('s-revoke');
+      const t0 = Date.now();
+      child.stdin!.write(`GET api.bump.test:${PORT} /two Bearer guest\n`);
+      const r = await next();
+      expect(r).toMatchObject({ status: 403, reason: 'session_revoked' });
+      expect(Date.now() - t0).toBeLessThan(5000);
+      expect(up.requests().length).toBe(before);
+    } finally {
+      child.kill();
+    }
+  });
+
+  it('a rotated credential file is injected within seconds, and the old value never after', async () => {
+    fs.writeFileSync(`${keyFile}.new`, 's3cret-v2\n', { mode: 0o600 });
+    fs.renameSync(`${keyFile}.new`, keyFile);
+    const t0 = Date.now();
+    const tok = await token('s-rotate');
+    await eventually(async () => {
+      const before = up.requests().length;
+      await curl(`https://api.bump.test:${PORT}/probe`, { token: tok });
+      return up.requests().slice(before)[0]?.headers.authorization === 'Bearer s3cret-v2';
+    }, 10_000, 'the new credential upstream');
+    expect(Date.now() - t0).toBeLessThan(5000 + 3000);
+    const before = up.requests().length;
+    for (let i = 0; i < 3; i++) await curl(`https://api.bump.test:${PORT}/probe`, { token: tok });
+    expect(up.requests().slice(before).map((q) => q.headers.authorization)).toEqual(['Bearer s3cret-v2', 'Bearer s3cret-v2', 'Bearer s3cret-v2']);
+  });
+
+  it('the minted leaf verifies with openssl against the deployment CA, with the right SAN', async () => {
+    const leaf = minter.leaf('api.bump.test');
+    const leafFile = path.join(tmp, 'leaf.pem');
+    fs.writeFileSync(leafFile, leaf.certPem);
+    expect(execFileSync('openssl', ['verify', '-CAfile', deploymentCaFile, leafFile], { encoding: 'utf8' })).toMatch(/OK/);
+    expect(execFileSync('openssl', ['x509', '-in', leafFile, '-noout', '-ext', 'subjectAltName'], { encoding: 'utf8' })).toMatch(/DNS:api\.bump\.test/);
+  });
+});

@@ -1,0 +1,345 @@
+import type { Ir, IrDestination } from '../../policy/ir.js';
+import { EXT } from '../../envoy/api/type-urls.js';
+import { ADS_SOURCE, DENY_HEADER, denyRoute, grpcAccessLog, routerFilter } from './common.js';
+import { dnsCacheConfig, type EgressOptions } from './egress.js';
+
+/**
+ * The `bump` and `external-sds` rungs.
+ *
+ * Listener A (the egress listener) terminates the guest's CONNECT for a bump destination after the
+ * control plane's ext_authz accepted the tunnel's session credential, records the session and the
+ * CONNECT authority in filter state shared with the upstream connection, and routes the tunnel to
+ * the internal listener B (`egress_bump`).
+ *
+ * B terminates the guest's TLS with a leaf for the SNI (minted by sds-minter, served over SDS as
+ * `leaf:<host>`); a filter chain exists only for bump hosts, so any other SNI gets no handshake. For
+ * every request inside the tunnel B asks ext_authz again (the session must still be valid — a
+ * revoked session is cut at its next request — and Host must equal the SNI and the CONNECT
+ * authority), then forwards through a per-destination dynamic forward proxy cluster that
+ * re-originates TLS with strict validation (auto SNI + SAN check against the policy's trust) and
+ * injects the credential as an upstream HTTP filter, overwriting whatever the guest sent. A request
+ * ext_authz refuses never reaches the router, so it never gets the credential.
+ */
+
+export const BUMP = {
+  listener: 'egress_bump',
+  tunnelCluster: 'egress_bump_tunnel',
+  sessionKey: 'portcullis.session',
+  authorityKey: 'portcullis.authority',
+  sessionHeader: 'x-portcullis-session',
+  authorityHeader: 'x-portcullis-authority',
+  dnsCache: 'egress_dns',
+} as const;
+
+export const SYSTEM_TRUST_BUNDLE = '/etc/ssl/certs/ca-certificates.crt';
+
+export interface BumpOptions {
+  /** cluster of the control plane's gRPC server (ext_authz, ALS) */
+  controlPlaneCluster: string;
+  /** SDS name of the leaf for a bump host (`leaf:<host>`); the control plane puts it in the snapshot */
+  leafSecretName?: (host: string) => string;
+}
+
+export function isBumped(d: IrDestination): boolean {
+  return d.rung === 'bump' || d.rung === 'external-sds';
+}
+
+export const leafSecretName = (host: string): string => `leaf:${host}`;
+export const credentialSecretName = (name: string): string => `cred:${name}`;
+export const bumpClusterName = (host: string): string => `bump:${host}`;
+
+/** The per-route ext_authz settings: which lane the control plane answers for. */
+export function authzLane(lane: 'egress-tunnel' | 'egress-request'): Record<string, unknown> {
+  return {
+    'envoy.filters.http.ext_authz': { '@type': EXT.extAuthzPerRoute, check_settings: { context_extensions: { lane } } },
+  };
+}
+
+export function extAuthzFilter(cluster: string, opts: { disabled?: boolean } = {}): Record<string, unknown> {
+  return {
+    name: 'envoy.filters.http.ext_authz',
+    ...(opts.disabled ? { disabled: true } : {}),
+    typed_config: {
+      '@type': EXT.extAuthz,
+      grpc_service: { envoy_grpc: { cluster_name: cluster }, timeout: '0.5s' },
+      transport_api_version: 'V3',
+      failure_mode_allow: false,
+      status_on_error: { code: 'Forbidden' },
+      include_peer_certificate: false,
+      include_tls_session: true,
+    },
+  };
+}
+
+/** A's filter that records the session (from ext_authz) and the CONNECT authority for B. */
+export function tunnelFilterState(): Record<string, unknown> {
+  const value = (key: string, fmt: string) => ({
+    object_key: key,
+    factory_key: 'envoy.string',
+    format_string: { text_format_source: { inline_string: fmt } },
+    read_only: true,
+    shared_with_upstream: 'ONCE',
+    skip_if_empty: true,
+  });
+  return {
+    name: 'envoy.filters.http.set_filter_state',
+    typed_config: {
+      '@type': EXT.setFilterState,
+      on_request_headers: [value(BUMP.sessionKey, `%REQ(${BUMP.sessionHeader})%`), value(BUMP.authorityKey, '%REQ(:authority)%')],
+    },
+  };
+}
+
+/** A's virtual host for a bump destination: CONNECT (tunnel authorized by ext_authz) into B. */
+export function bumpVirtualHost(host: string, domains: string[], o: EgressOptions): Record<string, unknown> {
+  return {
+    name: `dest:${host}:bump`,
+    domains,
+    typed_per_filter_config: authzLane('egress-tunnel'),
+    routes: [
+      {
+        match: { connect_matcher: {} },
+        route: {
+          cluster: BUMP.tunnelCluster,
+          upgrade_configs: [{ upgrade_type: 'CONNECT', connect_config: {} }],
+          timeout: '0s',
+          max_stream_duration: { max_stream_duration: `${o.maxTunnelSeconds ?? 3600}s` },
+        },
+      },
+      // plain http:// to a bump destination would carry the credential in clear: refused
+      denyRoute({ prefix: '' }, 'destination_not_allowed'),
+    ],
+  };
+}
+
+export function bumpResources(ir: Ir, o: EgressOptions, b: BumpOptions) {
+  const dests = ir.egress.destinations.filter(isBumped);
+  if (!dests.length || ir.egress.defaultRung === 'deny-all') return { listeners: [], clusters: [] };
+  const cache = dnsCacheConfig(BUMP.dnsCache, ir.denySet, o.dnsResolvers, o.dnsRefreshSeconds);
+  const trustedCa = ir.egress.upstreamTrust.kind === 'file' ? ir.egress.upstreamTrust.path : SYSTEM_TRUST_BUNDLE;
+  const leafName = b.leafSecretName ?? leafSecretName;
+
+  const byHost = new Map<string, IrDestination[]>();
+  for (const d of dests) byHost.set(d.host, [...(byHost.get(d.host) ?? []), d]);
+
+  const chains = [...byHost.entries()].map(([host, ds]) => {
+    const ports = [...new Set(ds.flatMap((d) => d.ports))];
+    const domains = host.startsWith('*.') ? [host, ...ports.map((p) => `${host}:${p}`)] : [host, ...ports.map((p) => `${host}:${p}`)];
+    return {
+      name: `bump:${host}`,
+      filter_chain_match: { server_names: [host] },
+      transport_socket: {
+        name: 'envoy.transport_sockets.tls',
+        typed_config: {
+          '@type': EXT.downstreamTls,
+          common_tls_context: {
+            tls_certificate_sds_secret_configs: [{ name: leafName(host), sds_config: ADS_SOURCE }],
+            alpn_protocols: ['http/1.1'],
+            tls_params: { tls_minimum_protocol_version: 'TLSv1_2' },
+          },
+        },
+      },
+      filters: [
+        {
+          name: 'envoy.filters.network.http_connection_manager',
+          typed_config: {
+            '@type': EXT.hcm,
+            stat_prefix: 'egress_bump',
+            codec_type: 'HTTP1',
+            normalize_path: true,
+            merge_slashes: true,
+            path_with_escaped_slashes_action: 'REJECT_REQUEST',
+            request_headers_timeout: '10s',
+            stream_idle_timeout: '300s',
+            common_http_protocol_options: { idle_timeout: '300s', headers_with_underscores_action: 'REJECT_REQUEST' },
+            ...(o.accessLogCluster ? { access_log: [grpcAccessLog(BUMP.listener, o.accessLogCluster)] } : {}),
+            route_config: {
+              name: `bump:${host}`,
+              virtual_hosts: [
+                {
+                  name: host,
+                  domains,
+                  typed_per_filter_config: authzLane('egress-request'),
+                  routes: [
+                    {
+                      match: { prefix: '' },
+                      route: { cluster: bumpClusterName(host), timeout: '60s' },
+                      request_headers_to_remove: [BUMP.sessionHeader, BUMP.authorityHeader, 'proxy-authorization'],
+                    },
+                  ],
+                },
+                {
+                  // Host must be the SNI: a tunnel to one name cannot carry requests for another
+                  name: 'host-not-sni',
+                  domains: ['*'],
+                  typed_per_filter_config: { 'envoy.filters.http.ext_authz': { '@type': EXT.extAuthzPerRoute, disabled: true } },
+                  routes: [denyRoute({ prefix: '' }, 'sni_mismatch')],
+                },
+              ],
+            },
+            http_filters: [
+              {
+                // The session and CONNECT authority recorded by listener A, never what the guest sends.
+                name: 'envoy.filters.http.header_mutation',
+                typed_config: {
+                  '@type': EXT.headerMutation,
+                  mutations: {
+                    request_mutations: [
+                      { append: { header: { key: BUMP.sessionHeader, value: `%FILTER_STATE(${BUMP.sessionKey}:PLAIN)%` }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' } },
+                      { append: { header: { key: BUMP.authorityHeader, value: `%FILTER_STATE(${BUMP.authorityKey}:PLAIN)%` }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' } },
+                    ],
+                  },
+                },
+              },
+              extAuthzFilter(b.controlPlaneCluster),
+              { name: 'envoy.filters.http.dynamic_forward_proxy', typed_config: { '@type': EXT.httpDfp, dns_cache_config: cache } },
+              routerFilter(),
+            ],
+            local_reply_config: {
+              mappers: [
+                {
+                  filter: { response_flag_filter: { flags: ['DF'] } },
+                  status_code: 403,
+                  headers_to_add: [{ header: { key: DENY_HEADER, value: 'resolved_ip_denied' }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' }],
+                  body: { inline_string: 'resolved_ip_denied\n' },
+                },
+              ],
+            },
+          },
+        },
+      ],
+    };
+  });
+
+  const listenerB = {
+    name: BUMP.listener,
+    internal_listener: {},
+    listener_filters: [{ name: 'envoy.filters.listener.tls_inspector', typed_config: { '@type': EXT.tlsInspector } }],
+    listener_filters_timeout: '5s',
+    filter_chains: chains,
+  };
+
+  const tunnel = {
+    name: BUMP.tunnelCluster,
+    connect_timeout: '2s',
+    type: 'STATIC',
+    load_assignment: {
+      cluster_name: BUMP.tunnelCluster,
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { envoy_internal_address: { server_listener_name: BUMP.listener } } } }] }],
+    },
+    transport_socket: {
+      name: 'envoy.transport_sockets.internal_upstream',
+      typed_config: {
+        '@type': EXT.internalUpstream,
+        transport_socket: { name: 'envoy.transport_sockets.raw_buffer', typed_config: { '@type': EXT.rawBuffer } },
+      },
+    },
+  };
+
+  const upstreams = [...byHost.entries()].map(([host, ds]) => {
+    const cred = ds.find((d) => d.credential)?.credential;
+    const filters: Array<Record<string, unknown>> = [];
+    if (cred) {
+      const secretRef =
+        cred.source.kind === 'file'
+          ? { name: credentialSecretName(cred.name), sds_config: ADS_SOURCE }
+          : {
+              // external-sds: the customer's SDS server holds the credential; Portcullis never sees it
+              name: cred.source.name,
+              sds_config: {
+                api_config_source: { api_type: 'GRPC', transport_api_version: 'V3', grpc_services: [{ envoy_grpc: { cluster_name: sdsClusterName(cred.source.server) } }] },
+                resource_api_version: 'V3',
+                initial_fetch_timeout: '5s',
+              },
+            };
+      filters.push({
+        name: 'envoy.filters.http.credential_injector',
+        typed_config: {
+          '@type': EXT.credentialInjector,
+          // default false keeps the guest's header: the injected credential must win
+          overwrite: true,
+          allow_request_without_credential: false,
+          credential: {
+            name: 'envoy.http.injected_credentials.generic',
+            typed_config: {
+              '@type': EXT.genericCredential,
+              credential: secretRef,
+              header: cred.header,
+            },
+          },
+        },
+      });
+    }
+    filters.push({ name: 'envoy.filters.http.upstream_codec', typed_config: { '@type': EXT.upstreamCodec } });
+    return {
+      name: bumpClusterName(host),
+      connect_timeout: '5s',
+      lb_policy: 'CLUSTER_PROVIDED',
+      cluster_type: { name: 'envoy.clusters.dynamic_forward_proxy', typed_config: { '@type': EXT.dfpCluster, dns_cache_config: cache } },
+      typed_extension_protocol_options: {
+        'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
+          '@type': EXT.httpProtocolOptions,
+          upstream_http_protocol_options: { auto_sni: true, auto_san_validation: true },
+          explicit_http_config: { http_protocol_options: {} },
+          http_filters: filters,
+        },
+      },
+      transport_socket: {
+        name: 'envoy.transport_sockets.tls',
+        typed_config: {
+          '@type': EXT.upstreamTls,
+          common_tls_context: {
+            tls_params: { tls_minimum_protocol_version: 'TLSv1_2' },
+            validation_context: { trusted_ca: { filename: trustedCa } },
+          },
+        },
+      },
+    };
+  });
+
+  const sdsClusters = ir.egress.sdsServers.map((srv) => ({
+    name: sdsClusterName(srv.name),
+    connect_timeout: '2s',
+    type: 'STRICT_DNS',
+    dns_lookup_family: 'V4_PREFERRED',
+    load_assignment: {
+      cluster_name: sdsClusterName(srv.name),
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: srv.host, port_value: srv.port } } } }] }],
+    },
+    typed_extension_protocol_options: {
+      'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': { '@type': EXT.httpProtocolOptions, explicit_http_config: { http2_protocol_options: {} } },
+    },
+    ...(srv.caFile
+      ? {
+          transport_socket: {
+            name: 'envoy.transport_sockets.tls',
+            typed_config: {
+              '@type': EXT.upstreamTls,
+              sni: srv.host,
+              common_tls_context: {
+                validation_context: { trusted_ca: { filename: srv.caFile }, match_typed_subject_alt_names: [{ san_type: 'DNS', matcher: { exact: srv.host } }] },
+                ...(srv.certFile && srv.keyFile
+                  ? { tls_certificates: [{ certificate_chain: { filename: srv.certFile }, private_key: { filename: srv.keyFile } }] }
+                  : {}),
+              },
+            },
+          },
+        }
+      : {}),
+  }));
+
+  return { listeners: [listenerB], clusters: [tunnel, ...upstreams, ...sdsClusters] };
+}
+
+export const sdsClusterName = (server: string): string => `sds:${server}`;
+
+/** Secrets a bumped destination needs, by name (the control plane supplies their content). */
+export function bumpSecretNames(ir: Ir): { leaves: string[]; credentials: Array<{ name: string; secret: string; kind: 'file' | 'sds' }> } {
+  const dests = ir.egress.destinations.filter(isBumped);
+  const leaves = [...new Set(dests.map((d) => d.host))].sort();
+  const creds = new Map<string, { name: string; secret: string; kind: 'file' | 'sds' }>();
+  for (const d of dests) {
+    if (d.credential) creds.set(d.credential.name, { name: d.credential.name, secret: credentialSecretName(d.credential.name), kind: d.credential.source.kind });
+  }
+  return { leaves, credentials: [...creds.values()] };
+}
