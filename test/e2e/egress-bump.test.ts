@@ -48,7 +48,7 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
   let egressPort: number;
   let deploymentCaFile: string;
   let jwk: JWK;
-  let signKey: CryptoKey;
+  let signKey: Awaited<ReturnType<typeof generateKeyPair>>['privateKey'];
   const keyFile = path.join(tmp, 'upstream.key');
 
   const token = (sid: string, expSec = 600) =>
@@ -102,7 +102,7 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
     );
 
     const kp = await generateKeyPair('EdDSA', { crv: 'Ed25519' });
-    signKey = kp.privateKey as CryptoKey;
+    signKey = kp.privateKey;
     jwk = { ...(await exportJWK(kp.publicKey)), kid: 'k1', alg: 'EdDSA' };
     sessions = new JwtSessions({ jwks: () => ({ keys: [jwk] }) });
     minter = await Minter.open({ dataDir: path.join(tmp, 'minter'), deploymentId: 'bump-e2e', policy: [], logger: silentLogger() });
