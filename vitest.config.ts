@@ -9,7 +9,7 @@ export default defineConfig({
       {
         test: {
           name: 'unit',
-          include: ['{common,cli,xds-server,sds-minter,policy,sandbox,envoy,audit,mcp}/**/*.test.ts'],
+          include: ['{common,cli,xds-server,sds-minter,policy,sandbox,envoy,audit,mcp,operator}/**/*.test.ts'],
           testTimeout: 30_000,
         },
       },
