@@ -64,7 +64,7 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
     const ca = createTestCa();
     const upCaFile = path.join(tmp, 'upstream-ca.pem');
     fs.writeFileSync(upCaFile, ca.certPem);
-    const good = ca.issueServerCert({ dnsNames: ['api.bump.test', 'other.bump.test'] });
+    const good = ca.issueServerCert({ dnsNames: ['api.bump.test', 'other.bump.test', 'plain.bump.test'] });
     const expired = ca.issueServerCert({ dnsNames: ['expired.bump.test'], expired: true });
     const selfSigned = ca.issueServerCert({ dnsNames: ['selfsigned.bump.test'], selfSigned: true });
     up = await startUpstream({ netns: tn.host('up').netns, port: PORT, tls: { certPem: good.certPem, keyPem: good.keyPem } });
@@ -77,6 +77,8 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
         'other.bump.test': { A: [tn.host('up').ip] },
         'expired.bump.test': { A: [tn.host('bad').ip] },
         'selfsigned.bump.test': { A: [tn.host('self').ip] },
+        'plain.bump.test': { A: [tn.host('up').ip] },
+        'loop.bump.test': { A: ['127.0.0.1'] },
       },
     });
     fs.writeFileSync(keyFile, 's3cret-v1\n', { mode: 0o600 });
@@ -95,6 +97,8 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
         `    - { host: other.bump.test, ports: [${PORT}], rung: bump }`,
         `    - { host: expired.bump.test, ports: [${PORT}], rung: bump }`,
         `    - { host: selfsigned.bump.test, ports: [${PORT}], rung: bump }`,
+        `    - { host: plain.bump.test, ports: [${PORT}] }`,
+        `    - { host: loop.bump.test, ports: [${PORT}], rung: bump }`,
         '  credentials:',
         `    - { name: upstream-key, header: authorization, format: "Bearer {secret}", source: { file: ${keyFile} } }`,
         '',
@@ -119,6 +123,7 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
           dnsResolvers: [`${tn.host('dns').ip}:53`],
           accessLogCluster: XDS_CLUSTER_NAME,
           bump: { controlPlaneCluster: XDS_CLUSTER_NAME },
+          sessionsRequired: true,
         },
       },
       bump: { sessions, minter },
@@ -144,9 +149,9 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
     fs.rmSync(tmp, { recursive: true, force: true });
   });
 
-  async function curl(url: string, opts: { token?: string; headers?: string[]; connectTo?: string } = {}) {
+  async function curl(url: string, opts: { token?: string; headers?: string[]; connectTo?: string; cacert?: string } = {}) {
     const proxy = opts.token ? `http://session:${opts.token}@${tn.rootIp}:${egressPort}` : `http://${tn.rootIp}:${egressPort}`;
-    const args = ['-sS', '-v', '--max-time', '10', '--proxy', proxy, '--cacert', deploymentCaFile];
+    const args = ['-sS', '-v', '--max-time', '10', '--proxy', proxy, '--cacert', opts.cacert ?? deploymentCaFile];
     for (const h of opts.headers ?? []) args.push('-H', h);
     if (opts.connectTo) args.push('--connect-to', opts.connectTo);
     args.push(url);
@@ -257,6 +262,27 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
     const before = up.requests().length;
     for (let i = 0; i < 3; i++) await curl(`https://api.bump.test:${PORT}/probe`, { token: tok });
     expect(up.requests().slice(before).map((q) => q.headers.authorization)).toEqual(['Bearer s3cret-v2', 'Bearer s3cret-v2', 'Bearer s3cret-v2']);
+  });
+
+  it('transparent destinations need a valid session too when sessions are required; a revoked one is refused at its next tunnel', async () => {
+    const r0 = await curl(`https://plain.bump.test:${PORT}/probe`);
+    expect(r0.statuses[0]).toBe(407);
+    expect(r0.reasons[0]).toBe('session_credential_missing');
+    const tok = await token('s-plain');
+    const r1 = await curl(`https://plain.bump.test:${PORT}/probe`, { token: tok, cacert: path.join(tmp, 'upstream-ca.pem') });
+    expect(r1.statuses).toEqual([200, 200]);
+    // not bumped: the client sees the upstream's own certificate (signed by the upstream test CA)
+    expect(r1.stderr).not.toMatch(/Portcullis deployment CA/);
+    sessions.revoke('s-plain');
+    const r2 = await curl(`https://plain.bump.test:${PORT}/probe`, { token: tok, cacert: path.join(tmp, 'upstream-ca.pem') });
+    expect(r2.statuses[0]).toBe(403);
+    expect(r2.reasons[0]).toBe('session_revoked');
+  });
+
+  it('a bump host that resolves into the deny-set is refused (resolved_ip_denied)', async () => {
+    const r = await curl(`https://loop.bump.test:${PORT}/probe`, { token: await token('s-loop') });
+    expect(r.statuses).toEqual([200, 403]);
+    expect(r.reasons).toEqual(['resolved_ip_denied']);
   });
 
   it('the minted leaf verifies with openssl against the deployment CA, with the right SAN', async () => {

@@ -1,5 +1,5 @@
 import type { Ir, IrDestination } from '../../policy/ir.js';
-import { bumpVirtualHost, extAuthzFilter, isBumped, tunnelFilterState, type BumpOptions } from './bump.js';
+import { authzLane, bumpVirtualHost, extAuthzFilter, tunnelFilterState, type BumpOptions } from './bump.js';
 import { EXT } from '../../envoy/api/type-urls.js';
 import { parseCidr } from '../../policy/ip.js';
 import {
@@ -48,6 +48,12 @@ export interface EgressOptions {
   accessLogCluster?: string;
   /** the bump / external-sds rungs need the control plane's ext_authz (tunnel and per-request checks) */
   bump?: BumpOptions;
+  /**
+   * Every tunnel must present a valid session (ext_authz on transparent destinations too), so a
+   * revoked or tripped session is refused at its next connection at every rung. Needs `bump`
+   * (which names the control plane's cluster).
+   */
+  sessionsRequired?: boolean;
 }
 
 export const DNS_CACHE_CONFIG_TYPE = 'type.googleapis.com/envoy.extensions.common.dynamic_forward_proxy.v3.DnsCacheConfig';
@@ -113,7 +119,7 @@ interface ProxyLane {
 /** An explicit forward proxy: listener + route table + dynamic forward proxy cluster. */
 export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyDestination[], o: EgressOptions) {
   const cache = dnsCacheConfig(lane.dnsCache, ir.denySet, o.dnsResolvers, o.dnsRefreshSeconds);
-  const withBump = !!o.bump && dests.some((d) => d.rung === 'bump' || d.rung === 'external-sds');
+  const withBump = !!o.bump && (!!o.sessionsRequired || dests.some((d) => d.rung === 'bump' || d.rung === 'external-sds'));
   const listener = {
     name: lane.listener,
     address: { socket_address: { address: o.listen.address, port_value: o.listen.port } },
@@ -239,7 +245,12 @@ export function proxyVirtualHosts(dests: readonly ProxyDestination[], lane: Prox
       ];
       if (!lane.connectOnly) routes.push({ match: { prefix: '/' }, route: { cluster: lane.cluster, timeout: '60s' } });
       else routes.push(denyRoute({ prefix: '' }, 'destination_not_allowed'));
-      vhosts.push({ name: vhostName(ds[0]!), domains: authorityDomains(host, kind, allowPorts), routes });
+      vhosts.push({
+        name: vhostName(ds[0]!),
+        domains: authorityDomains(host, kind, allowPorts),
+        ...(o.sessionsRequired && o.bump && !lane.connectOnly ? { typed_per_filter_config: authzLane('egress-tunnel') } : {}),
+        routes,
+      });
     }
     if (denyPorts.length) {
       vhosts.push({
