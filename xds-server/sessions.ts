@@ -7,7 +7,9 @@ import { createLocalJWKSet, jwtVerify, type JSONWebKeySet } from 'jose';
  * (kill switch, quarantine, teardown) takes effect at the next request.
  */
 
-export type SessionDenial = 'session_credential_missing' | 'session_expired' | 'session_revoked';
+export type SessionDenial = 'session_credential_missing' | 'session_expired' | 'session_revoked' | 'exfil_budget_exceeded';
+/** Why a session was revoked; the denial of its next request carries it. */
+export type RevocationReason = 'session_revoked' | 'exfil_budget_exceeded';
 export type SessionCheck = { ok: true; sessionId: string } | { ok: false; reason: SessionDenial };
 
 export interface SessionAuthority {
@@ -29,7 +31,7 @@ export interface JwtSessionOptions {
 }
 
 export class JwtSessions implements SessionAuthority {
-  private readonly revoked = new Set<string>();
+  private readonly revoked = new Map<string, RevocationReason>();
   private readonly expiry = new Map<string, number>();
   constructor(private readonly o: JwtSessionOptions) {}
 
@@ -45,7 +47,8 @@ export class JwtSessions implements SessionAuthority {
       });
       const sid = typeof payload.sid === 'string' ? payload.sid : undefined;
       if (!sid) return { ok: false, reason: 'session_credential_missing' };
-      if (this.revoked.has(sid)) return { ok: false, reason: 'session_revoked' };
+      const revoked = this.revoked.get(sid);
+      if (revoked) return { ok: false, reason: revoked };
       if (payload.exp) this.expiry.set(sid, Math.max(this.expiry.get(sid) ?? 0, payload.exp * 1000));
       return { ok: true, sessionId: sid };
     } catch (e) {
@@ -56,15 +59,21 @@ export class JwtSessions implements SessionAuthority {
 
   checkSession(sessionId: string | undefined): SessionCheck {
     if (!sessionId) return { ok: false, reason: 'session_credential_missing' };
-    if (this.revoked.has(sessionId)) return { ok: false, reason: 'session_revoked' };
+    const revoked = this.revoked.get(sessionId);
+    if (revoked) return { ok: false, reason: revoked };
     const exp = this.expiry.get(sessionId);
     if (exp === undefined) return { ok: false, reason: 'session_credential_missing' };
     if (exp + (this.o.clockToleranceSec ?? 5) * 1000 < (this.o.now?.() ?? Date.now())) return { ok: false, reason: 'session_expired' };
     return { ok: true, sessionId };
   }
 
-  revoke(sessionId: string): void {
-    this.revoked.add(sessionId);
+  /** Refuse the session from now on; a later revocation of the same session keeps the first reason. */
+  revoke(sessionId: string, reason: RevocationReason = 'session_revoked'): void {
+    if (!this.revoked.has(sessionId)) this.revoked.set(sessionId, reason);
+  }
+
+  revocationReason(sessionId: string): RevocationReason | undefined {
+    return this.revoked.get(sessionId);
   }
 
   isRevoked(sessionId: string): boolean {

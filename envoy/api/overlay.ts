@@ -42,6 +42,13 @@ export const OVERLAY_FIELDS: readonly OverlayField[] = [
     type: 'envoy.type.matcher.v3.AddressMatcher',
     since: '1.39',
   },
+  {
+    message: 'envoy.extensions.http.injected_credentials.generic.v3.Generic',
+    field: 'header_value_prefix',
+    id: 3,
+    type: 'string',
+    since: '1.37',
+  },
 ];
 
 export function applyOverlay(root: protobuf.Root): void {

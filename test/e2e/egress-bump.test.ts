@@ -15,6 +15,8 @@ import { PolicyWatcher } from '../../policy/watch.js';
 import { explain } from '../../policy/explain.js';
 import type { Ir } from '../../policy/ir.js';
 import { ControlPlane } from '../../xds-server/control-plane.js';
+import { XdsServer } from '../../xds-server/server.js';
+import { buildSnapshot } from '../../xds-server/snapshot.js';
 import { JwtSessions, SESSION_AUDIENCE } from '../../xds-server/sessions.js';
 import { Minter } from '../../sds-minter/index.js';
 import { EnvoyProcess, stopAllEnvoys } from '../../envoy/process.js';
@@ -44,6 +46,7 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
   let watcher: PolicyWatcher;
   let minter: Minter;
   let sessions: JwtSessions;
+  let customerSds: XdsServer;
   let ir: Ir;
   let egressPort: number;
   let deploymentCaFile: string;
@@ -64,7 +67,7 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
     const ca = createTestCa();
     const upCaFile = path.join(tmp, 'upstream-ca.pem');
     fs.writeFileSync(upCaFile, ca.certPem);
-    const good = ca.issueServerCert({ dnsNames: ['api.bump.test', 'other.bump.test', 'plain.bump.test'] });
+    const good = ca.issueServerCert({ dnsNames: ['api.bump.test', 'other.bump.test', 'plain.bump.test', 'vendor.bump.test'] });
     const expired = ca.issueServerCert({ dnsNames: ['expired.bump.test'], expired: true });
     const selfSigned = ca.issueServerCert({ dnsNames: ['selfsigned.bump.test'], selfSigned: true });
     up = await startUpstream({ netns: tn.host('up').netns, port: PORT, tls: { certPem: good.certPem, keyPem: good.keyPem } });
@@ -78,10 +81,16 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
         'expired.bump.test': { A: [tn.host('bad').ip] },
         'selfsigned.bump.test': { A: [tn.host('self').ip] },
         'plain.bump.test': { A: [tn.host('up').ip] },
+        'vendor.bump.test': { A: [tn.host('up').ip] },
         'loop.bump.test': { A: ['127.0.0.1'] },
       },
     });
     fs.writeFileSync(keyFile, 's3cret-v1\n', { mode: 0o600 });
+    // The customer's own SDS server (standing in: a separate SDS server the policy names, on the
+    // test net); Portcullis's control plane never holds this credential.
+    customerSds = new XdsServer({ logger: silentLogger(), allowNonLoopback: true });
+    await customerSds.listen(`${tn.rootIp}:0`);
+    customerSds.cache.setNow('bump-e2e', buildSnapshot({ [XDS.secret]: [{ name: 'vendor/api-key', generic_secret: { secret: { inline_string: 'vendor-secret-1' } } }] }));
     const policyFile = path.join(tmp, 'policy.yaml');
     fs.writeFileSync(
       policyFile,
@@ -99,8 +108,12 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
         `    - { host: selfsigned.bump.test, ports: [${PORT}], rung: bump }`,
         `    - { host: plain.bump.test, ports: [${PORT}] }`,
         `    - { host: loop.bump.test, ports: [${PORT}], rung: bump }`,
+        `    - { host: vendor.bump.test, ports: [${PORT}], rung: external-sds, credential: vendor-key }`,
         '  credentials:',
         `    - { name: upstream-key, header: authorization, format: "Bearer {secret}", source: { file: ${keyFile} } }`,
+        `    - { name: vendor-key, header: x-api-key, format: "key {secret}", source: { sds: { server: customer, name: vendor/api-key } } }`,
+        '  sdsServers:',
+        `    - { name: customer, address: "${tn.rootIp}:${customerSds.port}" }`,
         '',
       ].join('\n'),
     );
@@ -143,6 +156,7 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
     watcher?.stop();
     await stopAllEnvoys();
     await cp?.close();
+    await customerSds?.close(200);
     for (const u of [up, bad, self]) await u?.stop();
     await dns?.stop();
     await tn?.destroy();
@@ -277,6 +291,16 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
     const r2 = await curl(`https://plain.bump.test:${PORT}/probe`, { token: tok, cacert: path.join(tmp, 'upstream-ca.pem') });
     expect(r2.statuses[0]).toBe(403);
     expect(r2.reasons[0]).toBe('session_revoked');
+  });
+
+  it('external-sds: the credential comes from the customer\'s SDS server, and Portcullis never holds it', async () => {
+    const before = up.requests().length;
+    const r = await curl(`https://vendor.bump.test:${PORT}/probe`, { token: await token('s-vendor'), headers: ['x-api-key: guest'] });
+    expect(r.statuses, r.stderr).toEqual([200, 200]);
+    expect(up.requests().slice(before)[0]!.headers['x-api-key']).toBe('key vendor-secret-1');
+    const ours = cp.snapshot!.resources.get(XDS.secret)!;
+    expect([...ours.keys()]).not.toContain('vendor/api-key');
+    expect(JSON.stringify([...ours.values()].map((x) => x.body))).not.toContain('vendor-secret-1');
   });
 
   it('a bump host that resolves into the deny-set is refused (resolved_ip_denied)', async () => {

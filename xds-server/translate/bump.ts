@@ -1,5 +1,6 @@
 import type { Ir, IrDestination } from '../../policy/ir.js';
 import { EXT } from '../../envoy/api/type-urls.js';
+import { PortcullisError } from '../../common/errors.js';
 import { ADS_SOURCE, DENY_HEADER, denyRoute, grpcAccessLog, routerFilter } from './common.js';
 import { dnsCacheConfig, type EgressOptions } from './egress.js';
 
@@ -265,6 +266,7 @@ export function bumpResources(ir: Ir, o: EgressOptions, b: BumpOptions) {
               '@type': EXT.genericCredential,
               credential: secretRef,
               header: cred.header,
+              ...(cred.source.kind === 'sds' ? sdsValuePrefix(cred.name, cred.format) : {}),
             },
           },
         },
@@ -332,6 +334,20 @@ export function bumpResources(ir: Ir, o: EgressOptions, b: BumpOptions) {
 }
 
 export const sdsClusterName = (server: string): string => `sds:${server}`;
+
+/**
+ * A credential from a customer SDS server is injected as Envoy receives it: Portcullis never sees
+ * the value, so the policy's format can only add a prefix (`token {secret}`), which Envoy applies
+ * (`header_value_prefix`, Envoy ≥ 1.37, envoy/api/overlay.ts). A suffix cannot be honoured.
+ */
+export function sdsValuePrefix(name: string, format: string): { header_value_prefix?: string } {
+  const i = format.indexOf('{secret}');
+  if (format.slice(i + '{secret}'.length) !== '') {
+    throw new PortcullisError('resource_invalid', `credential "${name}" comes from an external SDS server: its format can only put text before {secret}`);
+  }
+  const prefix = format.slice(0, i);
+  return prefix ? { header_value_prefix: prefix } : {};
+}
 
 /** Secrets a bumped destination needs, by name (the control plane supplies their content). */
 export function bumpSecretNames(ir: Ir): { leaves: string[]; credentials: Array<{ name: string; secret: string; kind: 'file' | 'sds' }> } {
