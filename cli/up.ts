@@ -13,6 +13,8 @@ import { XDS_TYPE_URLS } from '../envoy/api/type-urls.js';
 import { EGRESS } from '../xds-server/translate/egress.js';
 import { XDS_CLUSTER_NAME } from '../envoy/bootstrap.js';
 import { AuditWriter } from '../audit/writer.js';
+import { Minter } from '../sds-minter/index.js';
+import { JwtSessions } from '../xds-server/sessions.js';
 import { EXIT, Progress, type CliIo } from './io.js';
 
 export const UP_USAGE = `Usage: portcullis up [--policy FILE] [--xds HOST:PORT] [--egress HOST:PORT] [--ads sotw|delta] [--json]
@@ -66,8 +68,10 @@ export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSig
   let envoy: EnvoyProcess | undefined;
   let watcher: PolicyWatcher | undefined;
   let audit: AuditWriter | undefined;
+  let minter: Minter | undefined;
   const stopAll = async () => {
     watcher?.stop();
+    minter?.stop();
     await envoy?.stop().catch(() => undefined);
     await cp?.close().catch(() => undefined);
     await audit?.close().catch(() => undefined);
@@ -87,8 +91,30 @@ export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSig
     progress.done(`${bin.version} at ${bin.path}`);
 
     progress.step('starting the control plane (xDS)');
-    cp = new ControlPlane({ logger, nodeKey: args['node-id']!, translate: { egress: { listen: egress, accessLogCluster: XDS_CLUSTER_NAME } } });
+    const dataDir = path.dirname(ir.audit.file);
+    minter = await Minter.open({ dataDir, deploymentId: 'portcullis', policy: [], logger, events: undefined });
+    // Session keys come from the sandbox supervisor; until one runs, no tunnel has a session.
+    const sessions = new JwtSessions({ jwks: () => ({ keys: [] }) });
+    cp = new ControlPlane({
+      logger,
+      nodeKey: args['node-id']!,
+      translate: { egress: { listen: egress, accessLogCluster: XDS_CLUSTER_NAME, bump: { controlPlaneCluster: XDS_CLUSTER_NAME } } },
+      bump: { sessions, minter },
+    });
     audit.attach(cp.events);
+    const republish = (why: string) => {
+      const current = watcher!.current();
+      if (!current) return;
+      try {
+        const s = cp!.apply(current);
+        io.stderr.write(`• ${why}: publishing ${s.version}\n`);
+      } catch (e) {
+        io.stderr.write(`• ${why}: refused (the last good configuration stays live): ${(e as Error).message}\n`);
+      }
+    };
+    watcher.on('credentials', () => republish('credential file changed'));
+    minter.on('changed', () => republish('certificates re-minted'));
+    minter.start();
     watcher.on('update', (next) => {
       try {
         const s = cp!.apply(next);
