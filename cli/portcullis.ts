@@ -6,12 +6,14 @@ import { runPolicyCli } from '../policy/cli.js';
 import { runUp } from './up.js';
 import { registerRender } from './render.js';
 import { runAuditCli } from '../audit/cli.js';
+import { runDoctor } from './doctor.js';
 import { EXIT, type CliIo } from './io.js';
 
 const USAGE = `Usage: portcullis <command> [options]
 
 Commands:
   up                 start the control plane and Envoy with a policy (default: the solo default)
+  doctor             check every prerequisite and print the fix for each one missing
   policy <sub>       validate | explain | diff | test | render | schema  (portcullis policy --help)
   audit verify FILE  check the audit log's hash chain and signed checkpoints
   version            print versions
@@ -29,6 +31,8 @@ export async function main(argv: string[], io: CliIo = { stdout: process.stdout,
       return runPolicyCli(rest, io);
     case 'audit':
       return runAuditCli(rest, io);
+    case 'doctor':
+      return runDoctor(rest, io);
     case 'version':
     case '--version': {
       const pkg = JSON.parse(fs.readFileSync(path.join(projectRoot(), 'package.json'), 'utf8')) as { version: string };
