@@ -1,46 +1,7 @@
-import { constants as FS } from 'node:fs';
-import { lstat, mkdir, open, rename, rm } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
-import { basename, dirname, join } from 'node:path';
+import { lstat, mkdir } from 'node:fs/promises';
+import { syncDir, writeFileAtomic } from '../common/fsutil.js';
 
-/**
- * Write a file atomically: a fresh temporary file in the same directory created with `mode`
- * (O_EXCL, so never a pre-existing file with other permissions), written, fsynced, renamed over
- * the target, then the directory is fsynced.
- */
-export async function writeFileAtomic(path: string, data: string | Uint8Array, mode: number): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
-  const fh = await open(tmp, FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, mode);
-  try {
-    await fh.chmod(mode); // the umask may have removed bits we asked for; it never adds any
-    await fh.writeFile(data);
-    await fh.sync();
-    await fh.close();
-  } catch (e) {
-    await fh.close().catch(() => undefined);
-    await rm(tmp, { force: true });
-    throw e;
-  }
-  try {
-    await rename(tmp, path);
-  } catch (e) {
-    await rm(tmp, { force: true });
-    throw e;
-  }
-  await syncDir(dirname(path));
-}
-
-export async function syncDir(dir: string): Promise<void> {
-  let d;
-  try {
-    d = await open(dir, FS.O_RDONLY);
-    await d.sync();
-  } catch {
-    // directory fsync is best effort (not every filesystem supports it)
-  } finally {
-    await d?.close().catch(() => undefined);
-  }
-}
+export { syncDir, writeFileAtomic };
 
 /** Create `dir` with mode 0700 if it does not exist (parents as needed). */
 export async function ensureDir(dir: string): Promise<void> {

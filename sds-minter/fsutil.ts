@@ -1,7 +1,9 @@
 import { constants as FS } from 'node:fs';
-import { lstat, mkdir, open, rename, rm } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
-import { basename, dirname, join } from 'node:path';
+import { lstat, mkdir, open } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { syncDir, writeFileAtomic } from '../common/fsutil.js';
+
+export { syncDir, writeFileAtomic };
 import { CaUnavailableError } from './errors.js';
 
 const currentUid = (): number | null => (typeof process.getuid === 'function' ? process.getuid() : null);
@@ -38,44 +40,6 @@ export async function ensurePrivateDir(dir: string): Promise<void> {
   }
 }
 
-/**
- * Write a file atomically: a fresh temporary file created with `mode` (O_EXCL, so never an
- * existing file with other permissions), flushed, then renamed over the target.
- */
-export async function writeFileAtomic(path: string, data: string, mode: number): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
-  const fh = await open(tmp, FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, mode);
-  try {
-    await fh.chmod(mode); // the umask may have removed bits we want (never adds any)
-    await fh.writeFile(data, 'utf8');
-    await fh.sync();
-  } catch (e) {
-    await fh.close().catch(() => undefined);
-    await rm(tmp, { force: true });
-    throw e;
-  }
-  await fh.close();
-  try {
-    await rename(tmp, path);
-  } catch (e) {
-    await rm(tmp, { force: true });
-    throw e;
-  }
-  await syncDir(dirname(path));
-}
-
-async function syncDir(dir: string): Promise<void> {
-  try {
-    const d = await open(dir, FS.O_RDONLY);
-    try {
-      await d.sync();
-    } finally {
-      await d.close();
-    }
-  } catch {
-    // directory fsync is best effort (not supported on every filesystem)
-  }
-}
 
 /**
  * Read a secret file: refuses symlinks, non-regular files, files owned by another user and any

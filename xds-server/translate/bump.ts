@@ -1,7 +1,7 @@
 import type { Ir, IrDestination } from '../../policy/ir.js';
 import { EXT } from '../../envoy/api/type-urls.js';
 import { PortcullisError } from '../../common/errors.js';
-import { ADS_SOURCE, DENY_HEADER, denyRoute, grpcAccessLog, routerFilter } from './common.js';
+import { ADS_SOURCE, denyRoute, grpcAccessLog, resolvedIpDeniedReply, routerFilter } from './common.js';
 import { dnsCacheConfig, type EgressOptions } from './egress.js';
 
 /**
@@ -196,16 +196,7 @@ export function bumpResources(ir: Ir, o: EgressOptions, b: BumpOptions) {
               { name: 'envoy.filters.http.dynamic_forward_proxy', typed_config: { '@type': EXT.httpDfp, dns_cache_config: cache } },
               routerFilter(),
             ],
-            local_reply_config: {
-              mappers: [
-                {
-                  filter: { response_flag_filter: { flags: ['DF'] } },
-                  status_code: 403,
-                  headers_to_add: [{ header: { key: DENY_HEADER, value: 'resolved_ip_denied' }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' }],
-                  body: { inline_string: 'resolved_ip_denied\n' },
-                },
-              ],
-            },
+            local_reply_config: resolvedIpDeniedReply(),
           },
         },
       ],

@@ -4,12 +4,12 @@ import { EXT } from '../../envoy/api/type-urls.js';
 import { parseCidr } from '../../policy/ip.js';
 import {
   ADS_SOURCE,
-  DENY_HEADER,
   authorityDomains,
   authorityRegex,
   bothMatches,
   denyRoute,
   routerFilter,
+  resolvedIpDeniedReply,
   grpcAccessLog,
 } from './common.js';
 
@@ -158,17 +158,7 @@ export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyD
                 },
                 routerFilter(),
               ],
-              local_reply_config: {
-                mappers: [
-                  {
-                    // every name resolved only to denied addresses: the DNS cache dropped them
-                    filter: { response_flag_filter: { flags: ['DF'] } },
-                    status_code: 403,
-                    headers_to_add: [{ header: { key: DENY_HEADER, value: 'resolved_ip_denied' }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' }],
-                    body: { inline_string: 'resolved_ip_denied\n' },
-                  },
-                ],
-              },
+              local_reply_config: resolvedIpDeniedReply(),
             },
           },
         ],
