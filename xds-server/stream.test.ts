@@ -371,7 +371,7 @@ describe.each(['sotw', 'delta'] as const)('%s stream property', (flavor) => {
         expect(Object.fromEntries(client.held.get(XDS.listener)!)).toEqual(want(XDS.listener));
         expect(Object.fromEntries(client.held.get(XDS.route)!)).toEqual(want(XDS.route, client.routeNames));
       }),
-      { numRuns: 300 },
+      { numRuns: 1500 },
     );
   });
 });

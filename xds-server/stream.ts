@@ -49,6 +49,15 @@ export interface StreamFailure {
   message: string;
 }
 
+interface InflightChange {
+  nonce: string;
+  version: string;
+  /** SotW: the response is the whole state; Delta: an increment */
+  replace: boolean;
+  set: Map<string, Resource>;
+  remove: Set<string>;
+}
+
 interface TypeState {
   wildcard: boolean;
   names: Set<string>;
@@ -59,8 +68,10 @@ interface TypeState {
   awaitingAck: boolean;
   /** version_info of the last response (SotW) / system_version_info (Delta). */
   sentVersion?: string;
-  /** Responses not yet ACKed/NACKed: what each one changed, with the prior values (for NACK). */
-  inflight: Map<string, { version: string; prior: Map<string, Resource | undefined> }>;
+  /** What the client has acknowledged (the base `sent` is derived from). */
+  acked: Map<string, Resource>;
+  /** Responses not yet answered, in the order sent: what each one changes. */
+  inflight: InflightChange[];
   /** Names the client asked for that do not exist, already reported as removed (Delta). */
   reportedMissing: Set<string>;
 }
@@ -147,7 +158,7 @@ abstract class XdsStream<Req extends { response_nonce: string; type_url: string;
     this.checkNames(req);
     let st = this.types.get(typeUrl);
     if (!st) {
-      st = { wildcard: false, names: new Set(), sent: new Map(), issued: new Set(), awaitingAck: false, reportedMissing: new Set(), inflight: new Map() };
+      st = { wildcard: false, names: new Set(), sent: new Map(), acked: new Map(), issued: new Set(), awaitingAck: false, reportedMissing: new Set(), inflight: [] };
       this.types.set(typeUrl, st);
     }
     const nonce = req.response_nonce;
@@ -190,14 +201,14 @@ abstract class XdsStream<Req extends { response_nonce: string; type_url: string;
 
   protected onAck(typeUrl: XdsTypeUrl, st: TypeState, nonce: string): void {
     this.deps.metrics.inc('xds_ack_total', { type: SHORT_NAME[typeUrl] });
-    const version = baseVersion(st.inflight.get(nonce)?.version ?? st.sentVersion ?? '');
-    st.inflight.delete(nonce);
+    const version = baseVersion(st.inflight.find((c) => c.nonce === nonce)?.version ?? st.sentVersion ?? '');
+    this.resolve(st, nonce, true);
     if (this.key) this.deps.cache.recordAck(this.key, this.node?.id ?? '', typeUrl, version);
-    this.log.debug({ type: SHORT_NAME[typeUrl], version: st.sentVersion }, 'ACK');
+    this.log.debug({ type: SHORT_NAME[typeUrl], version }, 'ACK');
   }
 
   protected onNack(typeUrl: XdsTypeUrl, st: TypeState, nonce: string, errorDetail: string): void {
-    const version = baseVersion(st.inflight.get(nonce)?.version ?? st.sentVersion ?? '');
+    const version = baseVersion(st.inflight.find((c) => c.nonce === nonce)?.version ?? st.sentVersion ?? '');
     const nodeId = this.node?.id ?? '';
     this.deps.cache.recordNack({ key: this.key!, nodeId, typeUrl, version, errorDetail, at: new Date() });
     this.deps.metrics.inc('xds_nack_total', { type: SHORT_NAME[typeUrl] });
@@ -208,30 +219,43 @@ abstract class XdsStream<Req extends { response_nonce: string; type_url: string;
       source: 'xds-server',
       data: { node: nodeId, typeUrl, version, errorDetail },
     });
-    this.revert(st, nonce);
+    this.resolve(st, nonce, false);
+    // What the client kept may now include resources the current snapshot no longer has.
+    const snap = this.snapshot();
+    if (snap && this.hasStale(typeUrl, st, snap)) this.markRemovalPending();
   }
 
-  /** Undo what the client did not apply: restore the resources a NACKed response touched. */
-  protected revert(st: TypeState, nonce: string): void {
-    const rec = st.inflight.get(nonce);
-    st.inflight.delete(nonce);
-    if (!rec) return;
-    // Names a later response touched are that response's business.
-    const later = new Set<string>();
-    for (const [n, r] of st.inflight) if (compareNonce(n, nonce) > 0) for (const name of r.prior.keys()) later.add(name);
-    for (const [name, prev] of rec.prior) {
-      if (later.has(name)) continue;
-      if (prev) st.sent.set(name, prev);
-      else st.sent.delete(name);
+  /**
+   * A reply to response `nonce`. Clients apply responses in order, so every earlier response is
+   * settled by now: those are folded into what the client holds; this one too when ACKed, dropped
+   * when NACKed (the client kept its previous state). `sent` is then recomputed.
+   */
+  protected resolve(st: TypeState, nonce: string, acked: boolean): void {
+    const idx = st.inflight.findIndex((c) => c.nonce === nonce);
+    if (idx < 0) return;
+    const settled = st.inflight.splice(0, idx + 1);
+    const last = settled.pop()!;
+    for (const c of settled) applyChange(st.acked, c);
+    if (acked) applyChange(st.acked, last);
+    st.sent = new Map(st.acked);
+    for (const c of st.inflight) applyChange(st.sent, c);
+  }
+
+  /** Record a response's change and apply it to what the client is assumed to hold. */
+  protected record(st: TypeState, change: InflightChange): void {
+    st.inflight.push(change);
+    if (st.inflight.length > MAX_ISSUED_NONCES) applyChange(st.acked, st.inflight.shift()!);
+    applyChange(st.sent, change);
+  }
+
+  /** Forget a resource everywhere (unsubscribed: a later re-subscribe must be answered). */
+  protected forget(st: TypeState, name: string): void {
+    st.sent.delete(name);
+    st.acked.delete(name);
+    for (const c of st.inflight) {
+      c.set.delete(name);
+      c.remove.delete(name);
     }
-  }
-
-  /** Remember what a response changes, so a NACK can undo it. */
-  protected track(st: TypeState, nonce: string, version: string, touched: Iterable<string>): void {
-    const prior = new Map<string, Resource | undefined>();
-    for (const n of touched) if (!prior.has(n)) prior.set(n, st.sent.get(n));
-    st.inflight.set(nonce, { version, prior });
-    if (st.inflight.size > MAX_ISSUED_NONCES) st.inflight.delete(st.inflight.keys().next().value as string);
   }
 
   protected nextNonce(st: TypeState): string {
@@ -302,7 +326,7 @@ export class SotwStream extends XdsStream<DiscoveryRequest__Output, DiscoveryRes
     const wildcard = WILDCARD_TYPES.has(typeUrl) && (names.length === 0 || names.includes('*'));
     const next = new Set(wildcard ? [] : names);
     const added = [...next].filter((n) => !st.names.has(n));
-    for (const n of st.names) if (!next.has(n)) st.sent.delete(n); // a later re-subscribe must be answered
+    for (const n of st.names) if (!next.has(n)) this.forget(st, n); // a later re-subscribe must be answered
     st.wildcard = wildcard;
     st.names = next;
     const snap = this.snapshot();
@@ -310,7 +334,10 @@ export class SotwStream extends XdsStream<DiscoveryRequest__Output, DiscoveryRes
     if (initial) {
       // A (re)connected client: answer unless it already holds exactly this version of a wildcard type.
       if (wildcard && req.version_info && req.version_info === snap.version) {
-        for (const r of snap.resources.get(typeUrl)!.values()) st.sent.set(r.name, r);
+        for (const r of snap.resources.get(typeUrl)!.values()) {
+          st.sent.set(r.name, r);
+          st.acked.set(r.name, r);
+        }
         st.sentVersion = snap.version;
         return;
       }
@@ -367,8 +394,7 @@ export class SotwStream extends XdsStream<DiscoveryRequest__Output, DiscoveryRes
       bytes += r.encoded.length;
       return { type_url: typeUrl, value: r.encoded };
     });
-    this.track(st, nonce, version, [...st.sent.keys(), ...list.map((r) => r.name)]);
-    st.sent = new Map(list.map((r) => [r.name, r]));
+    this.record(st, { nonce, version, replace: true, set: new Map(list.map((r) => [r.name, r])), remove: new Set() });
     st.sentVersion = version;
     if (stale) this.markRemovalPending();
     this.emit({ version_info: version, resources, type_url: typeUrl, nonce }, bytes, typeUrl);
@@ -388,7 +414,7 @@ export class DeltaStream extends XdsStream<DeltaDiscoveryRequest__Output, DeltaD
   protected override onSupersededReply(typeUrl: XdsTypeUrl, st: TypeState, nonce: string, nack: string | undefined): boolean {
     // Increments are applied in order: a NACK of an earlier response means its changes are not held.
     if (nack !== undefined) this.onNack(typeUrl, st, nonce, nack);
-    else st.inflight.delete(nonce);
+    else this.resolve(st, nonce, true);
     return true;
   }
 
@@ -412,8 +438,9 @@ export class DeltaStream extends XdsStream<DeltaDiscoveryRequest__Output, DeltaD
       // What a reconnecting client already holds: only matching versions count as held.
       for (const [name, version] of Object.entries(req.initial_resource_versions ?? {})) {
         const r = snap?.resources.get(typeUrl)?.get(name);
-        if (r && r.hash === version) st.sent.set(name, r);
-        else st.sent.set(name, { typeUrl, name, body: undefined, encoded: Buffer.alloc(0), hash: `client:${version}` });
+        const held = r && r.hash === version ? r : { typeUrl, name, body: undefined, encoded: Buffer.alloc(0), hash: `client:${version}` };
+        st.sent.set(name, held);
+        st.acked.set(name, held);
       }
     } else {
       if (sub.includes('*')) st.wildcard = true;
@@ -427,7 +454,7 @@ export class DeltaStream extends XdsStream<DeltaDiscoveryRequest__Output, DeltaD
     }
     for (const n of unsub) {
       st.names.delete(n);
-      st.sent.delete(n);
+      this.forget(st, n);
       st.reportedMissing.delete(n);
     }
     const snap = this.snapshot();
@@ -486,19 +513,17 @@ export class DeltaStream extends XdsStream<DeltaDiscoveryRequest__Output, DeltaD
 
   private respond(typeUrl: XdsTypeUrl, st: TypeState, snap: Snapshot, updates: Resource[], removals: string[]): void {
     const nonce = this.nextNonce(st);
-    this.track(st, nonce, snap.version, [...updates.map((r) => r.name), ...removals]);
     let bytes = 0;
     const resources = updates.map((r) => {
       bytes += r.encoded.length + r.name.length + r.hash.length;
-      st.sent.set(r.name, r);
       return { name: r.name, version: r.hash, resource: { type_url: typeUrl, value: r.encoded } };
     });
     for (const n of removals) {
       bytes += n.length;
-      st.sent.delete(n);
       if (!st.wildcard && st.names.has(n)) st.reportedMissing.add(n);
     }
     for (const r of updates) st.reportedMissing.delete(r.name);
+    this.record(st, { nonce, version: snap.version, replace: false, set: new Map(updates.map((r) => [r.name, r])), remove: new Set(removals) });
     st.sentVersion = snap.version;
     this.emit(
       { system_version_info: snap.version, resources, type_url: typeUrl, nonce, removed_resources: removals },
@@ -508,9 +533,10 @@ export class DeltaStream extends XdsStream<DeltaDiscoveryRequest__Output, DeltaD
   }
 }
 
-/** Nonces are `<stream>.<seq>`; compare by sequence. */
-function compareNonce(a: string, b: string): number {
-  return Number(a.slice(a.indexOf('.') + 1)) - Number(b.slice(b.indexOf('.') + 1));
+function applyChange(held: Map<string, Resource>, c: InflightChange): void {
+  if (c.replace) held.clear();
+  for (const [n, r] of c.set) held.set(n, r);
+  for (const n of c.remove) held.delete(n);
 }
 
 function checkNameList(names: readonly string[], limits: StreamLimits): void {
