@@ -8,6 +8,7 @@ import { registerRender } from './render.js';
 import { runAuditCli } from '../audit/cli.js';
 import { runDoctor } from './doctor.js';
 import { EXIT, type CliIo } from './io.js';
+import { runTokenCli } from './token.js';
 
 const USAGE = `Usage: portcullis <command> [options]
 
@@ -16,6 +17,7 @@ Commands:
   doctor             check every prerequisite and print the fix for each one missing
   policy <sub>       validate | explain | diff | test | render | schema  (portcullis policy --help)
   audit verify FILE  check the audit log's hash chain and signed checkpoints
+  token issue        mint a local-mode MCP bearer token (portcullis token --help)
   version            print versions
 
 Every command prints human output by default and JSON with --json. Exit codes: 0 ok, 1 failure,
@@ -31,6 +33,8 @@ export async function main(argv: string[], io: CliIo = { stdout: process.stdout,
       return runPolicyCli(rest, io);
     case 'audit':
       return runAuditCli(rest, io);
+    case 'token':
+      return runTokenCli(rest, io);
     case 'doctor':
       return runDoctor(rest, io);
     case 'version':

@@ -54,6 +54,12 @@ export const ERROR_CODES = [
   'admission_refused',
   'sandbox_failed',
   'path_denied',
+  'session_not_found',
+  'session_unavailable',
+  'capacity_exhausted',
+  'file_error',
+  'edit_failed',
+  'agent_protocol',
   // operator / audit
   'audit_write_failed',
   'audit_event_invalid',

@@ -37,6 +37,10 @@ import type { Struct__Output } from '../envoy/generated/google/protobuf/Struct.j
  */
 
 export const INGRESS_LOG_NAME = 'mcp_ingress';
+/** access log of the requests Envoy refused or answered itself (no lease) */
+export const INGRESS_EDGE_LOG_NAME = 'mcp_ingress_edge';
+/** ext_authz dynamic metadata key marking a request that holds a lease (selects its access log) */
+export const LEASE_METADATA_KEY = 'mcp_lease';
 /** `context_extensions.lane` of the ingress routes' ext_authz checks */
 export const MCP_AUTHZ_LANE = 'mcp';
 export const JWT_FILTER = 'envoy.filters.http.jwt_authn';
@@ -153,7 +157,7 @@ export class IngressAuthz {
     }
     if (v.allow) {
       this.metrics.inc('mcp_authz_checks_total', { decision: 'allow' });
-      return { status: { code: GRPC_OK }, ok_response: {} };
+      return { status: { code: GRPC_OK }, ok_response: {}, dynamic_metadata: { fields: { [LEASE_METADATA_KEY]: { boolValue: true } } } };
     }
     this.metrics.inc('mcp_authz_checks_total', { decision: 'deny', reason: v.denial.reason });
     this.events.emit({

@@ -18,7 +18,7 @@ describe.skipIf(!gate.ok)('portcullis doctor', () => {
 
   it('reports a missing Envoy with the install command, exit 1', () => {
     const nodeDir = path.dirname(process.execPath);
-    const env = { ...process.env, PATH: `${nodeDir}:/usr/sbin:/usr/bin:/sbin:/bin` };
+    const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${nodeDir}:/usr/sbin:/usr/bin:/sbin:/bin` };
     delete env.ENVOY_BIN;
     const r = doctor(env);
     expect(r.code).toBe(1);

@@ -87,17 +87,33 @@ describe('MCP ingress translation', () => {
   });
 
   it('limits come from the policy: per-caller bucket = requestsPerMinute, body cap = maxBodyBytes, ext_authz fails closed with the body', () => {
-    const { byName } = parts(LOCAL);
-    const rl = byName('envoy.filters.http.local_ratelimit');
+    const { byName, r } = parts(LOCAL);
+    const vhost = (r.routes[0] as Obj).virtual_hosts[0];
+    const rl = vhost.typed_per_filter_config['envoy.filters.http.local_ratelimit'];
     expect(rl['@type']).toBe(EXT.typedStruct);
     expect(rl.value.descriptors).toEqual([{ entries: [{ key: INGRESS.rateLimitKey }], token_bucket: { max_tokens: 20, tokens_per_fill: 1, fill_interval: '0.5s' } }]);
     expect(rl.value.rate_limits[0].actions[0].request_headers.header_name).toBe('x-portcullis-caller');
     expect(rl.value.filter_enforced.default_value.numerator).toBe(100);
     expect(rl.value.always_consume_default_token_bucket).toBe(false);
-    expect(byName('envoy.filters.http.buffer').max_request_bytes).toBe(1024 * 1024);
+    const post = (vhost.routes as Obj[]).find((x) => x.route && x.match.headers[0].string_match.exact === 'POST')!;
+    expect(post.typed_per_filter_config['envoy.filters.http.buffer'].buffer.max_request_bytes).toBe(1024 * 1024);
+    expect(post.typed_per_filter_config['envoy.filters.http.ext_authz'].check_settings.with_request_body).toEqual({ max_request_bytes: 1024 * 1024, allow_partial_message: false, pack_as_bytes: true });
     const ea = byName('envoy.filters.http.ext_authz');
-    expect(ea).toMatchObject({ failure_mode_allow: false, with_request_body: { max_request_bytes: 1024 * 1024, allow_partial_message: false }, metadata_context_namespaces: ['envoy.filters.http.jwt_authn'] });
+    expect(ea).toMatchObject({ failure_mode_allow: false, with_request_body: { allow_partial_message: false }, metadata_context_namespaces: ['envoy.filters.http.jwt_authn'] });
     expect(JSON.stringify(ea.allowed_headers)).not.toContain('authorization');
+  });
+
+  it('a change of limits or tool rules leaves the listener as it was (no drain of in-flight calls)', () => {
+    const other = ir(`  listen: 127.0.0.1:8443
+  limits: { connectionsPerCaller: 2, requestsPerMinute: 7, maxBodyBytes: 2Mi }
+  tools:
+    rules:
+      - { callers: [someone], tools: [read_file], effect: deny }
+`);
+    const a = ingressResources(LOCAL, OPTS);
+    const b = ingressResources(other, OPTS);
+    expect(JSON.stringify(b.listeners)).toBe(JSON.stringify(a.listeners));
+    expect(JSON.stringify(b.routes)).not.toBe(JSON.stringify(a.routes));
   });
 
   it('the per-caller bucket refills at exactly requestsPerMinute, at most every 50 ms, with ten seconds of burst', () => {
@@ -123,7 +139,7 @@ describe('MCP ingress translation', () => {
       expect(r.request_headers_to_add).toEqual([{ header: { key: 'x-portcullis-origin', value: 'o-secret' }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' }]);
       expect(r.typed_per_filter_config['envoy.filters.http.ext_authz']).toMatchObject({ check_settings: { context_extensions: { lane: 'mcp' } } });
     }
-    expect(toGw[0]!.typed_per_filter_config['envoy.filters.http.buffer']).toBeUndefined();
+    expect(toGw[0]!.typed_per_filter_config['envoy.filters.http.buffer']).toMatchObject({ buffer: { max_request_bytes: 1024 * 1024 } });
     expect(toGw[1]!.typed_per_filter_config['envoy.filters.http.buffer'].disabled).toBe(true);
     expect(routes.at(-1)).toMatchObject({ match: { prefix: '/' }, direct_response: { status: 404 } });
     expect(hcm).toMatchObject({ use_remote_address: true, xff_num_trusted_hops: 0, normalize_path: true, merge_slashes: true, path_with_escaped_slashes_action: 'REJECT_REQUEST' });

@@ -5,7 +5,7 @@ import { duration } from '../../envoy/bootstrap.js';
 import { EXPLANATIONS, jsonRpcErrorBody, type McpReason } from '../../mcp/errors.js';
 import { CALLER_HEADER, MCP_PATH, ORIGIN_HEADER } from '../../mcp/headers.js';
 import { DEFAULT_AUDIENCE, LOCAL_ISSUER } from '../../mcp/token.js';
-import { INGRESS_LOG_NAME, JWT_FILTER, JWT_PAYLOAD_KEY, MCP_AUTHZ_LANE, callerClaimOf } from '../authz.js';
+import { INGRESS_EDGE_LOG_NAME, INGRESS_LOG_NAME, JWT_FILTER, JWT_PAYLOAD_KEY, LEASE_METADATA_KEY, MCP_AUTHZ_LANE, callerClaimOf } from '../authz.js';
 import { ADS_SOURCE, DENY_HEADER, routerFilter, typedStruct } from './common.js';
 
 /**
@@ -40,6 +40,13 @@ export const INGRESS = {
 } as const;
 
 export const PROTECTED_RESOURCE_PATH = '/.well-known/oauth-protected-resource';
+/**
+ * The listener's body ceiling (the policy schema's maximum); the policy's own `maxBodyBytes` is set
+ * per route. Everything a policy changes (limits, tool rules) is in RDS or ext_authz, so a policy
+ * change never rebuilds the listener: rebuilding drains it and cuts in-flight tool calls and SSE
+ * streams once the drain time ends.
+ */
+export const BODY_CEILING = 64 * 1024 * 1024;
 
 export interface IngressOptions {
   /** the gateway: TCP on loopback or a unix socket */
@@ -256,24 +263,14 @@ export function ingressResources(ir: Ir, o: IngressOptions) {
       },
     },
     {
-      // Envoy ≥ 1.35: a descriptor entry without a value is a wildcard, one bucket per value
-      // (max_dynamic_descriptors, LRU), and the filter carries its own `rate_limits` (route-level
-      // ones for local rate limits are deprecated). Newer than our protos: sent as a TypedStruct.
+      // configured per virtual host (RDS), below
       name: 'envoy.filters.http.local_ratelimit',
-      typed_config: typedStruct(EXT.localRateLimit, {
-        stat_prefix: 'mcp_ingress_callers',
-        filter_enabled: { default_value: { numerator: 100, denominator: 'HUNDRED' }, runtime_key: 'mcp_ingress.ratelimit_enabled' },
-        filter_enforced: { default_value: { numerator: 100, denominator: 'HUNDRED' }, runtime_key: 'mcp_ingress.ratelimit_enforced' },
-        rate_limits: [{ actions: [{ request_headers: { header_name: CALLER_HEADER, descriptor_key: INGRESS.rateLimitKey } }] }],
-        descriptors: [{ entries: [{ key: INGRESS.rateLimitKey }], token_bucket: callerBucket(rpm) }],
-        max_dynamic_descriptors: o.maxTrackedCallers ?? 10_000,
-        always_consume_default_token_bucket: false,
-        rate_limited_as_resource_exhausted: false,
-      }),
+      typed_config: typedStruct(EXT.localRateLimit, { stat_prefix: 'mcp_ingress_callers' }),
     },
     {
+      // the listener carries the schema's ceiling; the policy's limit is set per route (RDS)
       name: 'envoy.filters.http.buffer',
-      typed_config: { '@type': EXT.buffer, max_request_bytes: lim.maxBodyBytes },
+      typed_config: { '@type': EXT.buffer, max_request_bytes: BODY_CEILING },
     },
     {
       name: 'envoy.filters.http.ext_authz',
@@ -283,7 +280,7 @@ export function ingressResources(ir: Ir, o: IngressOptions) {
         transport_api_version: 'V3',
         failure_mode_allow: false,
         status_on_error: { code: 'ServiceUnavailable' },
-        with_request_body: { max_request_bytes: lim.maxBodyBytes, allow_partial_message: false, pack_as_bytes: true },
+        with_request_body: { max_request_bytes: BODY_CEILING, allow_partial_message: false, pack_as_bytes: true },
         metadata_context_namespaces: [JWT_FILTER],
         // the bearer token never reaches the control plane
         allowed_headers: { patterns: [{ exact: 'x-request-id' }, { exact: 'content-type' }, { exact: 'mcp-session-id' }, { exact: CALLER_HEADER }] },
@@ -313,22 +310,7 @@ export function ingressResources(ir: Ir, o: IngressOptions) {
     common_http_protocol_options: { idle_timeout: '300s', headers_with_underscores_action: 'REJECT_REQUEST', max_stream_duration: maxStream },
     http_protocol_options: { allow_absolute_url: false },
     http2_protocol_options: { max_concurrent_streams: 64, initial_stream_window_size: 1_048_576, initial_connection_window_size: 4_194_304 },
-    access_log: [
-      {
-        name: 'envoy.access_loggers.http_grpc',
-        typed_config: {
-          '@type': EXT.httpGrpcAccessLog,
-          common_config: {
-            log_name: INGRESS_LOG_NAME,
-            grpc_service: { envoy_grpc: { cluster_name: o.authzCluster } },
-            transport_api_version: 'V3',
-            // no batching: an entry leaves as its request ends (it releases the caller's lease)
-            buffer_flush_interval: '0.05s',
-            buffer_size_bytes: 0,
-          },
-        },
-      },
-    ],
+    access_log: [ingressAccessLog(o.authzCluster, true), ingressAccessLog(o.authzCluster, false)],
     http_filters: httpFilters,
     local_reply_config: localReplies(ir, o),
   };
@@ -368,8 +350,14 @@ export function ingressResources(ir: Ir, o: IngressOptions) {
     ...(o.gatewayOriginSecret ? { request_headers_to_add: [header(ORIGIN_HEADER, o.gatewayOriginSecret)] } : {}),
     typed_per_filter_config: {
       // the control plane's ext_authz service serves several listeners: this is the MCP decision
-      'envoy.filters.http.ext_authz': { '@type': EXT.extAuthzPerRoute, check_settings: { context_extensions: { lane: MCP_AUTHZ_LANE } } },
-      ...(buffered ? {} : { 'envoy.filters.http.buffer': disabled['envoy.filters.http.buffer'] }),
+      'envoy.filters.http.ext_authz': {
+        '@type': EXT.extAuthzPerRoute,
+        check_settings: {
+          context_extensions: { lane: MCP_AUTHZ_LANE },
+          with_request_body: { max_request_bytes: lim.maxBodyBytes, allow_partial_message: false, pack_as_bytes: true },
+        },
+      },
+      'envoy.filters.http.buffer': buffered ? { '@type': EXT.bufferPerRoute, buffer: { max_request_bytes: lim.maxBodyBytes } } : disabled['envoy.filters.http.buffer'],
     },
   });
   const deny = (match: Record<string, unknown>, status: number, reason: McpReason) => ({
@@ -396,6 +384,24 @@ export function ingressResources(ir: Ir, o: IngressOptions) {
           deny({ prefix: '/' }, 404, 'not_found'),
         ],
         response_headers_to_add: [header('x-content-type-options', 'nosniff')],
+        typed_per_filter_config: {
+          // Envoy ≥ 1.35: a descriptor entry without a value is a wildcard, one bucket per value
+          // (max_dynamic_descriptors, LRU), and the config carries its own `rate_limits`. Newer than
+          // our protos: sent as a TypedStruct. On the virtual host, so the buckets are shared by its
+          // routes and a policy change is an RDS update (no listener drain).
+          'envoy.filters.http.local_ratelimit': typedStruct(EXT.localRateLimit, {
+            stat_prefix: 'mcp_ingress_callers',
+            filter_enabled: { default_value: { numerator: 100, denominator: 'HUNDRED' }, runtime_key: 'mcp_ingress.ratelimit_enabled' },
+            filter_enforced: { default_value: { numerator: 100, denominator: 'HUNDRED' }, runtime_key: 'mcp_ingress.ratelimit_enforced' },
+            rate_limits: [{ actions: [{ request_headers: { header_name: CALLER_HEADER, descriptor_key: INGRESS.rateLimitKey } }] }],
+            descriptors: [{ entries: [{ key: INGRESS.rateLimitKey }], token_bucket: callerBucket(rpm) }],
+            // required here; spent only by requests naming no caller (the public metadata document)
+            token_bucket: callerBucket(rpm),
+            max_dynamic_descriptors: o.maxTrackedCallers ?? 10_000,
+            always_consume_default_token_bucket: false,
+            rate_limited_as_resource_exhausted: false,
+          }),
+        },
       },
     ],
     // a client must not learn or steer internals through these
@@ -407,6 +413,36 @@ export function ingressResources(ir: Ir, o: IngressOptions) {
   const jwks = jwksCluster(ir, o);
   if (jwks) clusters.push(jwks);
   return { listeners: [listener], routes: [routes], clusters, staticClusters: [o.authzCluster] };
+}
+
+/**
+ * Two access logs over ALS. Requests ext_authz admitted (they hold a concurrency lease, marked in
+ * the ext_authz dynamic metadata) are logged one entry per message as each ends, under
+ * `mcp_ingress`: that entry releases the lease. Everything Envoy refused or answered itself (401,
+ * 429, 413, 404, ext_authz denials) goes, batched, under `mcp_ingress_edge`, so a flood of refused
+ * requests costs the control plane little and is still recorded.
+ */
+function ingressAccessLog(cluster: string, leased: boolean): Record<string, unknown> {
+  return {
+    name: 'envoy.access_loggers.http_grpc',
+    filter: {
+      metadata_filter: {
+        matcher: { filter: 'envoy.filters.http.ext_authz', path: [{ key: LEASE_METADATA_KEY }], value: { bool_match: true }, invert: !leased },
+        match_if_key_not_found: !leased,
+      },
+    },
+    typed_config: {
+      '@type': EXT.httpGrpcAccessLog,
+      common_config: {
+        log_name: leased ? INGRESS_LOG_NAME : INGRESS_EDGE_LOG_NAME,
+        grpc_service: { envoy_grpc: { cluster_name: cluster } },
+        transport_api_version: 'V3',
+        buffer_flush_interval: leased ? '0.05s' : '1s',
+        buffer_size_bytes: leased ? 0 : 16_384,
+      },
+      additional_response_headers_to_log: [DENY_HEADER],
+    },
+  };
 }
 
 /** A bootstrap static cluster for the control plane's gRPC services (ext_authz, ALS): HTTP/2. */
