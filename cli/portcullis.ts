@@ -8,6 +8,7 @@ import { registerRender } from './render.js';
 import { runAuditCli } from '../audit/cli.js';
 import { runDoctor } from './doctor.js';
 import { EXIT, type CliIo } from './io.js';
+import { isOperatorCommand, runOperatorCli } from './operator.js';
 import { runTokenCli } from './token.js';
 
 const USAGE = `Usage: portcullis <command> [options]
@@ -18,6 +19,8 @@ Commands:
   policy <sub>       validate | explain | diff | test | render | schema  (portcullis policy --help)
   audit verify FILE  check the audit log's hash chain and signed checkpoints
   token issue        mint a local-mode MCP bearer token (portcullis token --help)
+  sessions, kill-all, denylist, policy status, soar, tripwire, ca rotate
+                     the operator API of a running \`portcullis up\` (portcullis sessions --help)
   version            print versions
 
 Every command prints human output by default and JSON with --json. Exit codes: 0 ok, 1 failure,
@@ -25,6 +28,7 @@ Every command prints human output by default and JSON with --json. Exit codes: 0
 
 export async function main(argv: string[], io: CliIo = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
   const [cmd, ...rest] = argv;
+  if (isOperatorCommand(cmd, rest)) return runOperatorCli(argv, io);
   switch (cmd) {
     case 'up':
       return runUp(rest, io);

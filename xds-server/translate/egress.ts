@@ -147,7 +147,7 @@ export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyD
               common_http_protocol_options: { idle_timeout: '300s', headers_with_underscores_action: 'REJECT_REQUEST' },
               use_remote_address: true,
               ...(o.accessLogCluster
-                ? { access_log: [grpcAccessLog(lane.listener, o.accessLogCluster)], access_log_options: { access_log_flush_interval: '5s' } }
+                ? { access_log: [grpcAccessLog(lane.listener, o.accessLogCluster)], access_log_options: { access_log_flush_interval: '1s' } }
                 : {}),
               http_filters: [
                 // ext_authz runs only where a virtual host enables it (bump destinations)
