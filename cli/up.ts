@@ -15,6 +15,7 @@ import { XDS_CLUSTER_NAME } from '../envoy/bootstrap.js';
 import { AuditWriter } from '../audit/writer.js';
 import { Minter } from '../sds-minter/index.js';
 import { JwtSessions } from '../xds-server/sessions.js';
+import { startOperatorPlane, type OperatorPlane } from '../operator/index.js';
 import { EXIT, Progress, type CliIo } from './io.js';
 
 export const UP_USAGE = `Usage: portcullis up [--policy FILE] [--xds HOST:PORT] [--egress HOST:PORT] [--ads sotw|delta] [--json]
@@ -69,9 +70,11 @@ export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSig
   let watcher: PolicyWatcher | undefined;
   let audit: AuditWriter | undefined;
   let minter: Minter | undefined;
+  let operator: OperatorPlane | undefined;
   const stopAll = async () => {
     watcher?.stop();
     minter?.stop();
+    await operator?.close().catch(() => undefined);
     await envoy?.stop().catch(() => undefined);
     await cp?.close().catch(() => undefined);
     await audit?.close().catch(() => undefined);
@@ -115,6 +118,20 @@ export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSig
     watcher.on('credentials', () => republish('credential file changed'));
     minter.on('changed', () => republish('certificates re-minted'));
     minter.start();
+    // The operator plane: its own 0600 unix socket in the data dir, never on an agent path.
+    operator = await startOperatorPlane({
+      dataDir,
+      logger,
+      events: cp.events,
+      metrics: cp.metrics,
+      audit,
+      ir,
+      controlPlane: cp,
+      minter,
+      revokers: [sessions],
+      envoyStats: () => (envoy ? envoy.admin.stats('grpc_access_log') : Promise.resolve({})),
+    });
+    watcher.on('update', (next) => operator?.updatePolicy(next));
     watcher.on('update', (next) => {
       try {
         const s = cp!.apply(next);
@@ -157,6 +174,7 @@ export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSig
       policy: policyFile,
       configVersion: snap.version,
       auditLog: audit.path,
+      operatorSocket: operator?.api.socketPath ?? '',
     };
     if (args.json) io.stdout.write(`${JSON.stringify({ ready: true, endpoints })}\n`);
     else {
@@ -166,6 +184,7 @@ export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSig
       io.stdout.write(`  Envoy admin:          ${endpoints.envoyAdmin}  (127.0.0.1 only)\n`);
       io.stdout.write(`  policy:               ${endpoints.policy} (${endpoints.configVersion})\n`);
       io.stdout.write(`  audit log:            ${endpoints.auditLog}  (portcullis audit verify ${endpoints.auditLog})\n`);
+      io.stdout.write(`  operator API:         ${endpoints.operatorSocket}  (portcullis sessions list --socket ${endpoints.operatorSocket})\n`);
       io.stdout.write(`\nPress Ctrl-C to stop.\n`);
     }
 

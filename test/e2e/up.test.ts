@@ -68,6 +68,12 @@ describe.skipIf(!gate.ok)('portcullis up (control plane + real Envoy)', () => {
     expect((await fetch(`${admin}/ready`)).status).toBe(200);
     expect(await connectStatus(egressPort, 'example.invalid:443')).toMatch(/403[\s\S]*x-deny-reason: destination_not_allowed/);
     expect(await connectStatus(egressPort, 'pypi.org:22')).toMatch(/x-deny-reason: port_not_allowed/);
+    // the operator plane answers on its own unix socket (0600)
+    const sock = ready.endpoints.operatorSocket!;
+    expect(fs.statSync(sock).mode & 0o777).toBe(0o600);
+    const status = spawnSync(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'policy', 'status', '--socket', sock, '--json'], { encoding: 'utf8' });
+    expect(status.status, status.stderr).toBe(0);
+    expect(status.stdout).toContain(ready.endpoints.configVersion!);
     // the denials above are access-logged by Envoy, turned into events and written to the audit log
     await eventually(() => fs.readFileSync(ready.endpoints.auditLog!, 'utf8').includes('"authority":"example.invalid:443"'), 15_000, 'the denial in the audit log');
     child.kill(sig);
