@@ -205,8 +205,16 @@ describe('fromPortcullisEvent', () => {
         expect(OcsfEventSchema.safeParse(e).success).toBe(true);
         expect(() => canonical(e)).not.toThrow();
       }),
-      { numRuns: 200 },
+      { numRuns: 2000 },
     );
+  });
+
+  it('keeps a `__proto__` key as data instead of letting it replace a prototype', () => {
+    const data = JSON.parse('{"x":{"__proto__":{"polluted":1}}}') as Record<string, unknown>;
+    const e = fromPortcullisEvent({ type: 'odd', time: '', severity: 'info', source: '', data });
+    expect(OcsfEventSchema.safeParse(e).success).toBe(true);
+    expect(JSON.stringify(e)).toContain('"[__proto__]":{"polluted":1}');
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
   });
 });
 

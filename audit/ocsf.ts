@@ -567,7 +567,9 @@ function sanitizeData(data: unknown, depth = 0): unknown {
     const out: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(data as Record<string, unknown>)) {
       if (v === undefined || typeof v === 'function' || typeof v === 'symbol') continue;
-      out[k] = SECRET_KEYS.has(k.toLowerCase()) ? '[redacted]' : sanitizeData(v, depth + 1);
+      // `__proto__` as an own key would replace the copy's prototype: keep it, under a harmless name
+      const key = k === '__proto__' ? '[__proto__]' : k;
+      out[key] = SECRET_KEYS.has(k.toLowerCase()) ? '[redacted]' : sanitizeData(v, depth + 1);
     }
     return out;
   }
