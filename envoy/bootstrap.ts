@@ -170,21 +170,32 @@ function xdsCluster(addr: XdsAddress): Record<string, unknown> {
     checkPort(addr.port, 'xds.port', false);
     address = { socket_address: { address: host, port_value: addr.port } };
   }
+  // ADS is gRPC: without HTTP/2 on this cluster the stream never comes up (connected_state stays 0).
+  return grpcStaticCluster(XDS_CLUSTER_NAME, address);
+}
+
+/** A static cluster for the control plane's gRPC services (ADS, ext_authz, ALS): HTTP/2. */
+export function grpcStaticCluster(
+  name: string,
+  address: { host: string; port: number } | { socketPath: string } | Record<string, unknown>,
+): Record<string, unknown> {
+  const addr =
+    'socketPath' in address
+      ? { pipe: { path: address.socketPath } }
+      : 'host' in address && 'port' in address
+        ? { socket_address: { address: address.host, port_value: address.port } }
+        : address;
   return {
-    name: XDS_CLUSTER_NAME,
+    name,
     type: 'STATIC',
     connect_timeout: '1s',
-    // ADS is gRPC: without HTTP/2 on this cluster the stream never comes up (connected_state stays 0).
     typed_extension_protocol_options: {
       'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
         '@type': EXT.httpProtocolOptions,
         explicit_http_config: { http2_protocol_options: {} },
       },
     },
-    load_assignment: {
-      cluster_name: XDS_CLUSTER_NAME,
-      endpoints: [{ lb_endpoints: [{ endpoint: { address } }] }],
-    },
+    load_assignment: { cluster_name: name, endpoints: [{ lb_endpoints: [{ endpoint: { address: addr } }] }] },
   };
 }
 

@@ -445,19 +445,4 @@ function ingressAccessLog(cluster: string, leased: boolean): Record<string, unkn
   };
 }
 
-/** A bootstrap static cluster for the control plane's gRPC services (ext_authz, ALS): HTTP/2. */
-export function grpcStaticCluster(name: string, address: { host: string; port: number } | { socketPath: string }): Record<string, unknown> {
-  const addr = 'socketPath' in address ? { pipe: { path: address.socketPath } } : { socket_address: { address: address.host, port_value: address.port } };
-  return {
-    name,
-    type: 'STATIC',
-    connect_timeout: '1s',
-    typed_extension_protocol_options: {
-      'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
-        '@type': EXT.httpProtocolOptions,
-        explicit_http_config: { http2_protocol_options: {} },
-      },
-    },
-    load_assignment: { cluster_name: name, endpoints: [{ lb_endpoints: [{ endpoint: { address: addr } }] }] },
-  };
-}
+export { grpcStaticCluster } from '../../envoy/bootstrap.js';
