@@ -8,16 +8,16 @@
  * the numbers are the writer's: validation, canonical JSON, hashing, the chain, checkpoints
  * (every 1000 records, Ed25519-signed), the write and the fdatasync.
  */
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { silentLogger } from '../../common/logger.js';
 import { canonical } from '../../audit/canonical.js';
 import { apiActivity, type OcsfEvent } from '../../audit/ocsf.js';
 import { verify } from '../../audit/verify.js';
 import { AuditWriter } from '../../audit/writer.js';
 import { readJwks } from '../../audit/keys.js';
+import { percentile, writeResult } from './machine.js';
 
 const GOAL_EVENTS_PER_SEC = 20_000;
 const RUNS: { concurrency: number; events: number }[] = [
@@ -43,12 +43,6 @@ function events(n: number): OcsfEvent[] {
       unmapped: { tool_args_sha256: 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', policy_digest: 'sha256:9f86d081884c7d65', rung: 2 },
     }),
   );
-}
-
-function percentile(sorted: Float64Array, p: number): number {
-  if (sorted.length === 0) return NaN;
-  const idx = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[idx]!;
 }
 
 async function run(concurrency: number, total: number, pool: OcsfEvent[]) {
@@ -107,27 +101,13 @@ async function main(): Promise<void> {
         `(${res.events} events, ${res.commits} commits, ${res.avgEventsPerCommit} events/commit, verified ${res.verified})`,
     );
   }
-  const cpus = os.cpus();
-  const out = {
+  const file = writeResult('audit', {
     benchmark: 'audit-writer-append',
-    date: new Date().toISOString(),
-    machine: {
-      cpu: cpus[0]?.model ?? 'unknown',
-      cores: cpus.length,
-      totalMemoryBytes: os.totalmem(),
-      node: process.version,
-      platform: `${os.platform()} ${os.release()}`,
-      loadAverage1m: round(os.loadavg()[0] ?? 0, 2),
-      tmpdir: os.tmpdir(),
-    },
-    config: { checkpointEvery: 1000, fsync: 'fdatasync per group commit', eventBytes },
+    config: { checkpointEvery: 1000, fsync: 'fdatasync per group commit', eventBytes, tmpdir: os.tmpdir() },
     goalEventsPerSec: GOAL_EVENTS_PER_SEC,
     goalMet: results.some((r) => r.concurrency >= 16 && r.eventsPerSec >= GOAL_EVENTS_PER_SEC),
     results,
-  };
-  const file = join(dirname(fileURLToPath(import.meta.url)), 'results', 'audit.json');
-  await mkdir(dirname(file), { recursive: true });
-  await writeFile(file, `${JSON.stringify(out, null, 2)}\n`);
+  });
   console.log(`wrote ${file}`);
 }
 

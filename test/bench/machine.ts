@@ -22,8 +22,8 @@ export function machineInfo(): Record<string, unknown> {
   };
 }
 
-export function percentile(sorted: number[], p: number): number {
-  if (!sorted.length) return NaN;
+export function percentile(sorted: ArrayLike<number>, p: number): number {
+  if (sorted.length === 0) return NaN;
   const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
   return sorted[i]!;
 }
