@@ -54,6 +54,12 @@ export interface EgressOptions {
    * (which names the control plane's cluster).
    */
   sessionsRequired?: boolean;
+  /**
+   * Only connections from these source ranges (CIDR) are served; any other source matches no filter
+   * chain and is closed. For a listener bound on 0.0.0.0 so sandbox networks reach it: the sandbox
+   * address pool (and loopback) only, never the LAN.
+   */
+  sourcePrefixRanges?: readonly string[];
 }
 
 export const DNS_CACHE_CONFIG_TYPE = 'type.googleapis.com/envoy.extensions.common.dynamic_forward_proxy.v3.DnsCacheConfig';
@@ -126,6 +132,7 @@ export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyD
     per_connection_buffer_limit_bytes: 1_048_576,
     filter_chains: [
       {
+        ...(o.sourcePrefixRanges?.length ? { filter_chain_match: { source_prefix_ranges: o.sourcePrefixRanges.map(cidrRange) } } : {}),
         filters: [
           {
             name: 'envoy.filters.network.http_connection_manager',
