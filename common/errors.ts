@@ -45,6 +45,8 @@ export const ERROR_CODES = [
   'envoy_wrong_version',
   'envoy_start_failed',
   'envoy_timeout',
+  // `portcullis up`
+  'port_in_use',
   // minter / credentials
   'ca_unavailable',
   'mint_refused',

@@ -28,6 +28,8 @@ export interface PolicyWatcherOptions {
   file: string;
   logger: Logger;
   events?: EventSink;
+  /** directory the policy's relative paths resolve against; default: the policy file's directory */
+  baseDir?: string;
   /** name used in issues; default: `file` as given */
   displayName?: string;
   /** quiet period after the last file event before reloading; default 100 ms */
@@ -55,6 +57,7 @@ const EVENT_SOURCE = 'policy';
 export class PolicyWatcher extends EventEmitter<WatcherEvents> {
   private readonly file: string;
   private readonly dir: string;
+  private readonly baseDir: string;
   private readonly base: string;
   private readonly display: string;
   private readonly debounceMs: number;
@@ -80,6 +83,7 @@ export class PolicyWatcher extends EventEmitter<WatcherEvents> {
     super();
     this.file = path.resolve(opts.file);
     this.dir = path.dirname(this.file);
+    this.baseDir = path.resolve(opts.baseDir ?? this.dir);
     this.base = path.basename(this.file);
     this.display = opts.displayName ?? opts.file;
     this.debounceMs = opts.debounceMs ?? 100;
@@ -138,7 +142,7 @@ export class PolicyWatcher extends EventEmitter<WatcherEvents> {
   }
 
   private compileBytes(bytes: Uint8Array): Ir {
-    return compileLoaded(loadPolicyText(bytes, { file: this.display, baseDir: this.dir }));
+    return compileLoaded(loadPolicyText(bytes, { file: this.display, baseDir: this.baseDir }));
   }
 
   private async readSettled(): Promise<{ bytes?: Uint8Array; error?: PolicyError }> {

@@ -34,14 +34,16 @@ describe('per-sandbox rules', () => {
 });
 
 /** An in-memory iptables: enough to check which rules the Firewall adds and removes. */
-function fakeIptables(): { run: CommandRunner; rules: Map<string, string[]>; calls: string[] } {
+function fakeIptables(): { run: CommandRunner; rules: Map<string, string[]>; calls: string[]; links: string[] } {
   const tables = new Map<string, string[]>();
+  const links = ['lo', 'eth0'];
   const calls: string[] = [];
   const key = (family: string, chain: string) => `${family}:${chain}`;
   for (const f of ['4', '6']) for (const c of ['INPUT', 'FORWARD']) tables.set(key(f, c), []);
   const norm = (args: string[]) => args.join(' ').replace(/ -m tcp/g, '');
   const run: CommandRunner = async (cmd, argsIn, input) => {
     calls.push(`${cmd} ${argsIn.join(' ')}`);
+    if (cmd === 'ip') return { code: 0, stdout: links.map((l, i) => `${i + 1}: ${l}: <UP> mtu 1500`).join('\n'), stderr: '' };
     const family = cmd.startsWith('ip6') ? '6' : '4';
     const args = argsIn.filter((a, i) => !(a === '-w' || argsIn[i - 1] === '-w') && a !== '--noflush');
     const apply = (line: string[]): number => {
@@ -54,6 +56,14 @@ function fakeIptables(): { run: CommandRunner; rules: Map<string, string[]>; cal
       }
       if (!t) return 1;
       if (op === '-S') return 0;
+      if (op === '-F') {
+        t.length = 0;
+        return 0;
+      }
+      if (op === '-X') {
+        tables.delete(key(family, chain!));
+        return 0;
+      }
       if (op === '-C') return t.includes(norm(rest)) ? 0 : 1;
       if (op === '-A') t.push(norm(rest));
       else if (op === '-I') {
@@ -78,7 +88,7 @@ function fakeIptables(): { run: CommandRunner; rules: Map<string, string[]>; cal
     }
     return { code: apply(args), stdout: '', stderr: '' };
   };
-  return { run, rules: tables, calls };
+  return { run, rules: tables, calls, links };
 }
 
 describe('Firewall', () => {
@@ -118,5 +128,32 @@ describe('Firewall', () => {
     expect(await a.removeSandbox('222222222222')).toBe(2);
     expect(chain()).toHaveLength(3);
     expect(chain().at(-1)).toMatch(/pcx\+ .* -j DROP/);
+  });
+
+  it('releases the shared base only when no instance has a rule and no sandbox bridge exists', async () => {
+    const ipt = fakeIptables();
+    const a = new Firewall({ instanceId: 'a', egressPort: 15001, agentPort: 7070, logger: silentLogger(), run: ipt.run });
+    const b = new Firewall({ instanceId: 'b', egressPort: 15001, agentPort: 7070, logger: silentLogger(), run: ipt.run });
+    await a.ensureBase();
+    await b.allowSandbox({ sandboxId: '333333333333', bridge: 'pcx333333333333', gateway: '198.18.3.1' });
+    ipt.links.push('pcx333333333333');
+    // another instance still has a sandbox: the DROPs stay
+    expect(await a.releaseBaseIfUnused()).toBe(false);
+    expect(ipt.rules.get('4:PORTCULLIS-IN')).toHaveLength(3);
+    await b.removeSandbox('333333333333');
+    // its bridge still exists (teardown not finished): the DROPs still stay
+    expect(await a.releaseBaseIfUnused()).toBe(false);
+    expect(ipt.rules.get('4:PORTCULLIS-IN')).toEqual(['-i pcx+ -m comment --comment portcullis:base -j DROP']);
+    ipt.links.pop();
+    expect(await a.releaseBaseIfUnused()).toBe(true);
+    for (const f of ['4', '6']) {
+      expect(ipt.rules.get(`${f}:INPUT`)).toEqual([]);
+      expect(ipt.rules.get(`${f}:FORWARD`)).toEqual([]);
+      expect(ipt.rules.has(`${f}:PORTCULLIS-IN`)).toBe(false);
+      expect(ipt.rules.has(`${f}:PORTCULLIS-FWD`)).toBe(false);
+    }
+    // and a later start puts it back
+    await a.ensureBase();
+    expect(ipt.rules.get('4:INPUT')).toEqual(['-j PORTCULLIS-IN']);
   });
 });

@@ -211,6 +211,31 @@ export class Firewall {
     });
   }
 
+  /**
+   * Removes the shared base (jumps, catch-all DROPs, chains) when nothing uses it any more: no
+   * instance has a tagged rule and no sandbox bridge exists. Returns whether it was removed. Used by
+   * `portcullis up` on the way out so a stopped deployment leaves no firewall rule behind; while any
+   * sandbox bridge exists the DROPs stay (fail closed).
+   */
+  releaseBaseIfUnused(): Promise<boolean> {
+    return this.exclusive(async () => {
+      const links = await this.run('ip', ['-o', 'link', 'show']);
+      if (links.code !== 0) return false;
+      if (links.stdout.split('\n').some((l) => new RegExp(`^\\d+: ${BRIDGE_PREFIX}`).test(l))) return false;
+      if ((await this.listTagged()).length > 0) return false;
+      for (const family of this.ipv6 ? ([4, 6] as const) : ([4] as const)) {
+        for (const [parent, chain] of [['INPUT', CHAIN_IN], ['FORWARD', CHAIN_FWD]] as const) {
+          while ((await this.tool(family, ['-C', parent, '-j', chain])).code === 0) await this.must(family, ['-D', parent, '-j', chain]);
+          if ((await this.tool(family, ['-S', chain])).code === 0) {
+            await this.must(family, ['-F', chain]);
+            await this.must(family, ['-X', chain]);
+          }
+        }
+      }
+      return true;
+    });
+  }
+
   /** The sandbox may reach the egress listener; the agent channel's replies come back. */
   allowSandbox(t: SandboxRuleTarget): Promise<void> {
     return this.exclusive(() => this.restore(4, renderSandboxRules(this.o.instanceId, t, this.o.egressPort, this.o.agentPort)));

@@ -263,6 +263,15 @@ export class Supervisor implements SandboxService {
     this.started = false;
   }
 
+  /**
+   * After stop(): removes the host firewall base chains when no other instance uses them (see
+   * Firewall.releaseBaseIfUnused). Returns whether they were removed.
+   */
+  async releaseHostFirewall(): Promise<boolean> {
+    if (this.started) throw perr('sandbox_failed', 'stop the supervisor first');
+    return this.firewall.releaseBaseIfUnused();
+  }
+
   /** A policy reload: later sessions are admitted against, and credentialed with, the new values. */
   setPolicy(p: SessionPolicy): void {
     requireAdmission(p.trustProfile, p.runtime);

@@ -14,6 +14,9 @@ case "$what" in
   up)
     echo "[run] building Portcullis" >&2
     npm run --silent build >/dev/null
+    # the sandbox image, built locally from Debian packages (cached: a no-op once built)
+    PORTCULLIS_SANDBOX_IMAGE=$(bash sandbox/image/build.sh)
+    export PORTCULLIS_SANDBOX_IMAGE
     exec node dist/cli/portcullis.js up "$@"
     ;;
   test)

@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { e2eGate } from '../harness/e2e-gate.js';
 import { freePort } from '../harness/ports.js';
 
-const gate = e2eGate(['envoy'], 'portcullis up');
+const gate = e2eGate(['envoy', 'docker', 'runsc', 'root'], 'portcullis up');
 
 function connectStatus(port: number, authority: string): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -37,8 +37,9 @@ function pidAlive(pid: number): boolean {
 
 describe.skipIf(!gate.ok)('portcullis up (control plane + real Envoy)', () => {
   it.each(['SIGTERM', 'SIGINT'] as const)('starts with the default policy, enforces it, prints endpoints, and stops cleanly on %s', async (sig) => {
-    const egressPort = await freePort();
-    const child = spawn(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'up', '--json', '--egress', `127.0.0.1:${egressPort}`], {
+    const [egressPort, mcpPort] = [await freePort(), await freePort()];
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pc-up-data-'));
+    const child = spawn(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'up', '--json', '--egress', `127.0.0.1:${egressPort}`, '--mcp', `127.0.0.1:${mcpPort}`, '--data-dir', dataDir], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
@@ -78,7 +79,8 @@ describe.skipIf(!gate.ok)('portcullis up (control plane + real Envoy)', () => {
     await eventually(() => fs.readFileSync(ready.endpoints.auditLog!, 'utf8').includes('"authority":"example.invalid:443"'), 15_000, 'the denial in the audit log');
     child.kill(sig);
     expect(await exited).toBe(0);
-    expect(err).toMatch(/stopping … ok/);
+    expect(err).toMatch(/stopping Envoy, the gateway, every sandbox, the control plane … ok/);
+    expect(ready.endpoints.auditLog).toBe(path.join(dataDir, 'audit.jsonl'));
     // ... whose chain verifies after the stop
     expect(fs.readFileSync(ready.endpoints.auditLog!, 'utf8')).toContain('destination_not_allowed');
     const verify = spawnSync(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'audit', 'verify', ready.endpoints.auditLog!], { encoding: 'utf8' });
@@ -107,7 +109,10 @@ describe.skipIf(!gate.ok)('portcullis up (control plane + real Envoy)', () => {
       fs.renameSync(`${file}.tmp`, file);
     };
     write(base);
-    const child = spawn(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'up', '--json', '--policy', file, '--egress', `127.0.0.1:${egressPort}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const mcpPort = await freePort();
+    const child = spawn(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'up', '--json', '--policy', file, '--egress', `127.0.0.1:${egressPort}`, '--mcp', `127.0.0.1:${mcpPort}`, '--data-dir', path.join(dir, 'data')], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     let err = '';
     child.stdout.on('data', (d) => (out += d));
