@@ -135,4 +135,32 @@ describe.skipIf(!gate.ok)('portcullis up (control plane + real Envoy)', () => {
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('a start failure names the missing piece and the exact fix and exits 1; a usage error exits 2', async () => {
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pc-up-fail-'));
+    const up = (env: NodeJS.ProcessEnv, extra: string[] = []) =>
+      spawnSync(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'up', '--data-dir', dataDir, ...extra], { env, encoding: 'utf8', timeout: 120_000 });
+    try {
+      // the sandbox image is missing
+      const [egressPort, mcpPort] = [await freePort(), await freePort()];
+      const ports = ['--egress', `127.0.0.1:${egressPort}`, '--mcp', `127.0.0.1:${mcpPort}`];
+      const noImage = up({ ...process.env, PORTCULLIS_SANDBOX_IMAGE: 'portcullis-sandbox:does-not-exist' }, ports);
+      expect(noImage.status).toBe(1);
+      expect(noImage.stderr).toMatch(/starting the sandbox supervisor[^\n]*FAILED\n\s+sandbox image portcullis-sandbox:does-not-exist not found[^\n]*\n\s+fix: bash sandbox\/image\/build\.sh/);
+      // the MCP port is taken
+      const blocker = net.createServer();
+      await new Promise<void>((r) => blocker.listen(mcpPort, '127.0.0.1', () => r()));
+      try {
+        const busy = up({ ...process.env }, ports);
+        expect(busy.status).toBe(1);
+        expect(busy.stderr).toMatch(new RegExp(`MCP ingress port 127\\.0\\.0\\.1:${mcpPort} is in use\\n\\s+fix: stop what listens there`));
+      } finally {
+        blocker.close();
+      }
+      // a usage error is exit 2
+      expect(up({ ...process.env }, ['--egress', 'nonsense']).status).toBe(2);
+    } finally {
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
 });
