@@ -199,6 +199,11 @@ export class Minter extends EventEmitter<MinterEvents> {
     return minted.map((l) => l.name);
   }
 
+  /** Whether the current policy allows a leaf for `name` (no mint, no side effect). */
+  allows(name: string): boolean {
+    return this.#policy.current.isAllowed(name).allowed;
+  }
+
   /**
    * Replace the policy. Cached leaves the new policy no longer allows are dropped at once (a
    * `changed` notification follows), then the new exact hosts are minted.

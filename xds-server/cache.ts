@@ -65,6 +65,28 @@ export class SnapshotCache {
     this.pending.set(key, { snapshot, timer });
   }
 
+  /**
+   * Resources made on demand: when a stream subscribes names of a type the live snapshot lacks, the
+   * resolver (the control plane) may publish them synchronously (`setNow`) before the stream
+   * answers, so the client gets them in the same response instead of a "does not exist". Used for
+   * per-SNI leaves requested by Envoy's on-demand certificate selector.
+   */
+  private missingResolver?: (key: string, typeUrl: XdsTypeUrl, names: readonly string[]) => void;
+
+  onMissing(resolver: (key: string, typeUrl: XdsTypeUrl, names: readonly string[]) => void): void {
+    this.missingResolver = resolver;
+  }
+
+  /** Called by streams with requested names the live snapshot for `key` lacks. Never throws. */
+  resolveMissing(key: string, typeUrl: XdsTypeUrl, names: readonly string[]): void {
+    if (!this.missingResolver || names.length === 0) return;
+    try {
+      this.missingResolver(key, typeUrl, names);
+    } catch {
+      // a resolver failure leaves the names missing, as if there were no resolver
+    }
+  }
+
   /** Publish now, bypassing the hold-off (used at start-up, before Envoy connects). */
   setNow(key: string, snapshot: Snapshot): void {
     const p = this.pending.get(key);

@@ -13,7 +13,13 @@ import { AuthzRouter } from './authz-router.js';
 import { registerEgressAuthz } from './egress-authz.js';
 import type { SessionAuthority } from './sessions.js';
 import { bumpSecretNames, credentialSecretName } from './translate/bump.js';
-import { allowListPolicy, type Minter } from '../sds-minter/index.js';
+import { allowListPolicy, MintRefusedError, type Minter } from '../sds-minter/index.js';
+import { XDS } from '../envoy/api/type-urls.js';
+
+/** Distinct SNIs served on demand (wildcard bump rules) before new names are refused. */
+export const MAX_ON_DEMAND_LEAVES = 1024;
+/** A host name as an SNI (no `leaf:`/`cred:` prefixes, no IP literal forms with colons). */
+const ON_DEMAND_NAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+\.?$/;
 
 /**
  * The control plane: owns the xDS server and the snapshot cache, turns a compiled policy (IR) into
@@ -73,6 +79,43 @@ export class ControlPlane {
     this.authz = new AuthzRouter(o.logger);
     if (o.bump) registerEgressAuthz(this.authz, { sessions: o.bump.sessions, metrics: this.metrics, events: this.events });
     this.authz.register(this.server);
+    if (o.bump) this.server.cache.onMissing((key, typeUrl, names) => this.onMissingSecrets(key, typeUrl, names));
+  }
+
+  /** SNIs Envoy's on-demand certificate selector asked for (wildcard bump rules), bounded. */
+  private readonly onDemand = new Set<string>();
+  private lastIr?: Ir;
+
+  /**
+   * Envoy asks for a secret the snapshot lacks: for a wildcard bump rule, the secret name is the
+   * guest's SNI. Mint a leaf that covers it (only if the policy allows it at a bump rung) and publish
+   * at once, so the paused handshake resumes with it. Anything else stays missing (Delta reports it
+   * removed and the handshake fails; nothing is ever issued for a name the policy does not allow).
+   */
+  private onMissingSecrets(key: string, typeUrl: string, names: readonly string[]): void {
+    if (key !== this.o.nodeKey || typeUrl !== XDS.secret || !this.lastIr || !this.o.bump) return;
+    const added: string[] = [];
+    for (const name of names) {
+      if (this.onDemand.has(name) || !ON_DEMAND_NAME.test(name)) continue;
+      if (this.onDemand.size >= MAX_ON_DEMAND_LEAVES) {
+        this.metrics.inc('sds_on_demand_refused_total', { reason: 'capacity' });
+        this.log.warn({ max: MAX_ON_DEMAND_LEAVES }, 'on-demand leaf refused: too many distinct names');
+        continue;
+      }
+      if (!this.o.bump.minter.allows(name)) {
+        this.metrics.inc('sds_on_demand_refused_total', { reason: 'not_allowed' });
+        continue;
+      }
+      this.onDemand.add(name);
+      added.push(name);
+    }
+    if (!added.length) return;
+    this.metrics.inc('sds_on_demand_leaves_total', {}, added.length);
+    try {
+      this.apply(this.lastIr, { immediate: true });
+    } catch {
+      for (const n of added) this.onDemand.delete(n);
+    }
   }
 
   readonly authz: AuthzRouter;
@@ -84,8 +127,19 @@ export class ControlPlane {
   private secretsFor(ir: Ir): Record<string, unknown>[] {
     if (!this.o.bump || !this.o.translate.egress.bump) return [];
     const want = bumpSecretNames(ir);
-    this.o.bump.minter.setPolicy(allowListPolicy(want.leaves));
-    const out: Record<string, unknown>[] = want.leaves.map((h) => this.o.bump!.minter.leafSecret(h) as unknown as Record<string, unknown>);
+    const minter = this.o.bump.minter;
+    minter.setPolicy(allowListPolicy(want.mintable));
+    const out: Record<string, unknown>[] = want.leaves.map((h) => minter.leafSecret(h) as unknown as Record<string, unknown>);
+    // leaves Envoy asked for by SNI (wildcard rules), kept while the policy still allows them
+    for (const name of [...this.onDemand]) {
+      try {
+        const secret = minter.leafSecret(name) as unknown as Record<string, unknown>;
+        out.push({ ...secret, name });
+      } catch (e) {
+        if (!(e instanceof MintRefusedError)) throw e;
+        this.onDemand.delete(name);
+      }
+    }
     for (const d of ir.egress.destinations) {
       const c = d.credential;
       if (!c || c.source.kind !== 'file' || out.some((x) => x.name === credentialSecretName(c.name))) continue;
@@ -125,6 +179,7 @@ export class ControlPlane {
       throw err;
     }
     this.live = snap;
+    this.lastIr = ir;
     if (opts.immediate) this.server.cache.setNow(this.o.nodeKey, snap);
     else this.server.cache.set(this.o.nodeKey, snap);
     this.metrics.inc('policy_applied_total');

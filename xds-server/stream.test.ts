@@ -375,3 +375,49 @@ describe.each(['sotw', 'delta'] as const)('%s stream property', (flavor) => {
     );
   });
 });
+
+describe('secrets made on demand (the cache resolver)', () => {
+  it('SotW and Delta: a requested secret the snapshot lacks is resolved before the answer, in the same response', () => {
+    for (const flavor of ['sotw', 'delta'] as const) {
+      const t = setup();
+      t.cache.setNow('envoy-1', fakeSnapshot('v1', { [XDS.secret]: { 'leaf:api.example.com': '1' } }));
+      const asked: string[][] = [];
+      t.cache.onMissing((key, typeUrl, missing) => {
+        asked.push([...missing]);
+        if (key !== 'envoy-1' || typeUrl !== XDS.secret) return;
+        // the resolver publishes at once, only names it allows
+        const allowed = missing.filter((n) => n.endsWith('.wild.example.com'));
+        if (allowed.length) t.cache.setNow('envoy-1', fakeSnapshot('v2', { [XDS.secret]: { 'leaf:api.example.com': '1', ...Object.fromEntries(allowed.map((n) => [n, '1'])) } }));
+      });
+      const want = ['a.wild.example.com', 'leaf:api.example.com', 'evil.example.org'];
+      if (flavor === 'sotw') {
+        t.sotw().onRequest(sotwReq({ node: NODE, type_url: XDS.secret, resource_names: want }));
+        const last = t.sent.at(-1)!;
+        expect(names(last).sort()).toEqual(['a.wild.example.com', 'leaf:api.example.com']);
+      } else {
+        t.delta().onRequest(deltaReq({ node: NODE, type_url: XDS.secret, resource_names_subscribe: want }));
+        const got = t.deltas.flatMap((r) => (r.resources ?? []).map((x) => x.name));
+        expect(got.sort()).toEqual(['a.wild.example.com', 'leaf:api.example.com']);
+      }
+      // only the missing names were asked for, once
+      expect(asked).toEqual([['a.wild.example.com', 'evil.example.org']]);
+    }
+  });
+
+  it('is never asked for other types, and a throwing resolver leaves the names missing', () => {
+    const t = setup();
+    t.cache.setNow('envoy-1', fakeSnapshot('v1', { [XDS.cluster]: { c: '1' }, [XDS.secret]: {} }));
+    let calls = 0;
+    t.cache.onMissing(() => {
+      calls++;
+      throw new Error('boom');
+    });
+    t.sotw().onRequest(sotwReq({ node: NODE, type_url: XDS.cluster, resource_names: ['nope'] }));
+    expect(calls).toBe(0);
+    const d = t.delta();
+    d.onRequest(deltaReq({ node: NODE, type_url: XDS.secret, resource_names_subscribe: ['x.example.com'] }));
+    expect(calls).toBe(1);
+    expect(t.failures).toEqual([]);
+    expect(t.deltas.flatMap((r) => (r.resources ?? []).map((x) => x.name))).toEqual([]);
+  });
+});

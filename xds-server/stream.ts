@@ -178,6 +178,7 @@ abstract class XdsStream<Req extends { response_nonce: string; type_url: string;
         else this.onAck(typeUrl, st, nonce);
       }
     }
+    this.resolveMissing(typeUrl, req);
     this.onSubscription(typeUrl, st, req, !nonce);
     this.maybeRemove();
   }
@@ -191,6 +192,16 @@ abstract class XdsStream<Req extends { response_nonce: string; type_url: string;
     return false;
   }
 
+  /** Names of this request the live snapshot lacks go to the cache's on-demand resolver (secrets only). */
+  private resolveMissing(typeUrl: XdsTypeUrl, req: Req): void {
+    if (typeUrl !== XDS.secret || !this.key) return;
+    const snap = this.snapshot();
+    const have = snap?.resources.get(typeUrl);
+    const missing = this.requestedNames(req).filter((n) => n !== '*' && !have?.has(n));
+    if (missing.length) this.deps.cache.resolveMissing(this.key, typeUrl, missing);
+  }
+
+  protected abstract requestedNames(req: Req): readonly string[];
   protected abstract checkNames(req: Req): void;
   protected abstract onSubscription(typeUrl: XdsTypeUrl, st: TypeState, req: Req, initial: boolean): void;
   /** Send what the current snapshot requires for one type; `keepStale` keeps resources being replaced. */
@@ -321,6 +332,10 @@ export class SotwStream extends XdsStream<DiscoveryRequest__Output, DiscoveryRes
     checkNameList(req.resource_names, this.limits);
   }
 
+  protected requestedNames(req: DiscoveryRequest__Output): readonly string[] {
+    return req.resource_names;
+  }
+
   protected onSubscription(typeUrl: XdsTypeUrl, st: TypeState, req: DiscoveryRequest__Output, initial: boolean): void {
     const names = req.resource_names;
     const wildcard = WILDCARD_TYPES.has(typeUrl) && (names.length === 0 || names.includes('*'));
@@ -416,6 +431,10 @@ export class DeltaStream extends XdsStream<DeltaDiscoveryRequest__Output, DeltaD
     if (nack !== undefined) this.onNack(typeUrl, st, nonce, nack);
     else this.resolve(st, nonce, true);
     return true;
+  }
+
+  protected requestedNames(req: DeltaDiscoveryRequest__Output): readonly string[] {
+    return req.resource_names_subscribe;
   }
 
   protected checkNames(req: DeltaDiscoveryRequest__Output): void {

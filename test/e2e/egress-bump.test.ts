@@ -67,7 +67,7 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
     const ca = createTestCa();
     const upCaFile = path.join(tmp, 'upstream-ca.pem');
     fs.writeFileSync(upCaFile, ca.certPem);
-    const good = ca.issueServerCert({ dnsNames: ['api.bump.test', 'other.bump.test', 'plain.bump.test', 'vendor.bump.test'] });
+    const good = ca.issueServerCert({ dnsNames: ['api.bump.test', 'other.bump.test', 'plain.bump.test', 'vendor.bump.test', '*.wild.bump.test', '*.y.wild.bump.test'] });
     const expired = ca.issueServerCert({ dnsNames: ['expired.bump.test'], expired: true });
     const selfSigned = ca.issueServerCert({ dnsNames: ['selfsigned.bump.test'], selfSigned: true });
     up = await startUpstream({ netns: tn.host('up').netns, port: PORT, tls: { certPem: good.certPem, keyPem: good.keyPem } });
@@ -83,6 +83,8 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
         'plain.bump.test': { A: [tn.host('up').ip] },
         'vendor.bump.test': { A: [tn.host('up').ip] },
         'loop.bump.test': { A: ['127.0.0.1'] },
+        'a.wild.bump.test': { A: [tn.host('up').ip] },
+        'x.y.wild.bump.test': { A: [tn.host('up').ip] },
       },
     });
     fs.writeFileSync(keyFile, 's3cret-v1\n', { mode: 0o600 });
@@ -108,6 +110,7 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
         `    - { host: selfsigned.bump.test, ports: [${PORT}], rung: bump }`,
         `    - { host: plain.bump.test, ports: [${PORT}] }`,
         `    - { host: loop.bump.test, ports: [${PORT}], rung: bump }`,
+        `    - { host: "*.wild.bump.test", ports: [${PORT}], rung: bump, credential: upstream-key }`,
         `    - { host: vendor.bump.test, ports: [${PORT}], rung: external-sds, credential: vendor-key }`,
         '  credentials:',
         `    - { name: upstream-key, header: authorization, format: "Bearer {secret}", source: { file: ${keyFile} } }`,
@@ -176,7 +179,7 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
   }
 
   it('Envoy accepted the bump configuration, and serves a minted leaf for each bump host', async () => {
-    expect(rejectedUpdates(await envoy.admin.stats())).toEqual({});
+    expect(rejectedUpdates(await envoy.admin.stats()), JSON.stringify(cp.status().lastNack)).toEqual({});
     const certs = JSON.stringify(await envoy.admin.certs());
     expect(certs).toContain('api.bump.test');
     expect(explain(ir, `api.bump.test:${PORT}`)).toMatchObject({ decision: 'allow', rung: 'bump', credential: 'upstream-key' });
@@ -195,6 +198,32 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
     expect(seen[0]!.sni).toBe('api.bump.test');
     expect(JSON.stringify(seen[0]!.headers)).not.toContain('x-portcullis');
     expect(JSON.stringify(seen[0]!.headers)).not.toContain('guest-supplied');
+  });
+
+  it('a wildcard rule: a leaf per SNI at any depth, minted when Envoy asks for it during the handshake', async () => {
+    // nothing is minted ahead of time for the wildcard
+    expect(JSON.stringify(await envoy.admin.certs())).not.toContain('wild.bump.test');
+    expect([...cp.snapshot!.resources.get(XDS.secret)!.keys()].some((n) => n.includes('wild'))).toBe(false);
+    const before = up.requests().length;
+    const wildLog: Record<string, string> = {};
+    for (const host of ['a.wild.bump.test', 'x.y.wild.bump.test', 'A.Wild.Bump.Test']) {
+      const r = await curl(`https://${host}:${PORT}/wild`, { token: await token('s-wild') });
+      wildLog[host] = r.stderr;
+      expect(r.code, `${host}: ${r.stderr}`).toBe(0);
+      expect(r.statuses).toEqual([200, 200]);
+      expect(r.stderr).toMatch(/issuer: .*Portcullis deployment CA/);
+    }
+    const seen = up.requests().slice(before);
+    expect(seen.map((s) => s.sni?.toLowerCase())).toEqual(['a.wild.bump.test', 'x.y.wild.bump.test', 'a.wild.bump.test']);
+    expect(seen.every((s) => s.headers.authorization === 'Bearer s3cret-v1')).toBe(true);
+    // each handshake got a leaf covering exactly the name's parent domain (never wider than the rule)
+    expect(wildLog['x.y.wild.bump.test']).toMatch(/subjectAltName: host "x\.y\.wild\.bump\.test" matched cert's "\*\.y\.wild\.bump\.test"/);
+    expect(wildLog['a.wild.bump.test']).toMatch(/subjectAltName: host "a\.wild\.bump\.test" matched cert's "\*\.wild\.bump\.test"/);
+    // served per SNI, as Envoy asked for them
+    const secrets = [...cp.snapshot!.resources.get(XDS.secret)!.keys()];
+    expect(secrets).toEqual(expect.arrayContaining(['a.wild.bump.test', 'x.y.wild.bump.test']));
+    // the control plane served them on demand
+    expect(cp.metrics.total('sds_on_demand_leaves_total')).toBeGreaterThanOrEqual(2);
   });
 
   it('without a session: the tunnel is refused (407 session_credential_missing); the upstream sees nothing', async () => {

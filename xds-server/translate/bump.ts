@@ -1,7 +1,7 @@
 import type { Ir, IrDestination } from '../../policy/ir.js';
-import { EXT } from '../../envoy/api/type-urls.js';
+import { EXT, NEWER_THAN_PROTOS } from '../../envoy/api/type-urls.js';
 import { PortcullisError } from '../../common/errors.js';
-import { ADS_SOURCE, denyRoute, grpcAccessLog, resolvedIpDeniedReply, routerFilter } from './common.js';
+import { ADS_SOURCE, denyRoute, grpcAccessLog, resolvedIpDeniedReply, routerFilter, typedStruct } from './common.js';
 import { dnsCacheConfig, type EgressOptions } from './egress.js';
 
 /**
@@ -13,7 +13,10 @@ import { dnsCacheConfig, type EgressOptions } from './egress.js';
  * the internal listener B (`egress_bump`).
  *
  * B terminates the guest's TLS with a leaf for the SNI (minted by sds-minter, served over SDS as
- * `leaf:<host>`); a filter chain exists only for bump hosts, so any other SNI gets no handshake. For
+ * `leaf:<host>` for an exact host; for a wildcard rule Envoy's on-demand certificate selector asks
+ * for the SNI itself as the secret name during the handshake, and the control plane mints a leaf
+ * that covers it at any depth); a filter chain exists only for bump hosts, so any other SNI gets no
+ * handshake. For
  * every request inside the tunnel B asks ext_authz again (the session must still be valid — a
  * revoked session is cut at its next request — and Host must equal the SNI and the CONNECT
  * authority), then forwards through a per-destination dynamic forward proxy cluster that
@@ -46,6 +49,24 @@ export function isBumped(d: IrDestination): boolean {
 }
 
 export const leafSecretName = (host: string): string => `leaf:${host}`;
+
+/** The secret name the on-demand selector asks for when a ClientHello carries no SNI (never served). */
+export const NO_SNI_SECRET = 'no-sni.invalid';
+const SNI_MAPPER = 'type.googleapis.com/envoy.extensions.transport_sockets.tls.cert_mappers.sni.v3.SNI';
+
+/**
+ * TLS certificate for a wildcard bump rule: fetched per SNI during the handshake (SDS over ADS,
+ * secret name = the SNI), so `a.b.example.com` under `*.example.com` gets a leaf that covers it.
+ */
+export function onDemandCertificate(): Record<string, unknown> {
+  return {
+    name: 'envoy.tls.certificate_selectors.on_demand_secret',
+    typed_config: typedStruct(NEWER_THAN_PROTOS.onDemandSecretSelector, {
+      config_source: ADS_SOURCE,
+      certificate_mapper: { name: 'envoy.tls.certificate_mappers.sni', typed_config: { '@type': SNI_MAPPER, default_value: NO_SNI_SECRET } },
+    }),
+  };
+}
 export const credentialSecretName = (name: string): string => `cred:${name}`;
 export const bumpClusterName = (host: string): string => `bump:${host}`;
 
@@ -133,8 +154,12 @@ export function bumpResources(ir: Ir, o: EgressOptions, b: BumpOptions) {
         name: 'envoy.transport_sockets.tls',
         typed_config: {
           '@type': EXT.downstreamTls,
+          // on-demand certificates cannot be combined with TLS session resumption (Envoy refuses it)
+          ...(host.startsWith('*.') ? { disable_stateless_session_resumption: true, disable_stateful_session_resumption: true } : {}),
           common_tls_context: {
-            tls_certificate_sds_secret_configs: [{ name: leafName(host), sds_config: ADS_SOURCE }],
+            ...(host.startsWith('*.')
+              ? { custom_tls_certificate_selector: onDemandCertificate() }
+              : { tls_certificate_sds_secret_configs: [{ name: leafName(host), sds_config: ADS_SOURCE }] }),
             alpn_protocols: ['http/1.1'],
             tls_params: { tls_minimum_protocol_version: 'TLSv1_2' },
           },
@@ -341,12 +366,20 @@ export function sdsValuePrefix(name: string, format: string): { header_value_pre
 }
 
 /** Secrets a bumped destination needs, by name (the control plane supplies their content). */
-export function bumpSecretNames(ir: Ir): { leaves: string[]; credentials: Array<{ name: string; secret: string; kind: 'file' | 'sds' }> } {
+export function bumpSecretNames(ir: Ir): {
+  /** exact bump hosts: their `leaf:<host>` secrets are minted ahead of time and put in the snapshot */
+  leaves: string[];
+  /** every bump host and wildcard: what the minter may issue leaves for */
+  mintable: string[];
+  credentials: Array<{ name: string; secret: string; kind: 'file' | 'sds' }>;
+} {
   const dests = ir.egress.destinations.filter(isBumped);
-  const leaves = [...new Set(dests.map((d) => d.host))].sort();
+  const mintable = [...new Set(dests.map((d) => d.host))].sort();
+  // wildcard rules: leaves are made per SNI on demand (onDemandCertificate), none ahead of time
+  const leaves = mintable.filter((h) => !h.startsWith('*.'));
   const creds = new Map<string, { name: string; secret: string; kind: 'file' | 'sds' }>();
   for (const d of dests) {
     if (d.credential) creds.set(d.credential.name, { name: d.credential.name, secret: credentialSecretName(d.credential.name), kind: d.credential.source.kind });
   }
-  return { leaves, credentials: [...creds.values()] };
+  return { leaves, mintable, credentials: [...creds.values()] };
 }
