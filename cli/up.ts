@@ -20,7 +20,7 @@ import { XDS_CLUSTER_NAME } from '../envoy/bootstrap.js';
 import { AuditWriter } from '../audit/writer.js';
 import { Minter } from '../sds-minter/index.js';
 import { JwtSessions } from '../xds-server/sessions.js';
-import { startOperatorPlane, type OperatorPlane, type SessionRevoker } from '../operator/index.js';
+import { startOperatorPlane, type OperatorPlane } from '../operator/index.js';
 import { BUNDLE_FILE } from '../sds-minter/ca.js';
 import { Supervisor } from '../sandbox/supervisor.js';
 import { McpGateway } from '../mcp/gateway.js';
@@ -235,6 +235,7 @@ export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSig
       listen: { socketPath: path.join(dataDir, GATEWAY_SOCKET) },
       sessionIdleMs: ir.sessions.idleTimeoutSeconds * 1000,
     });
+    const gw = gateway;
     const authz = new IngressAuthz({ policy: () => current, logger, events: cp.events, metrics: cp.metrics });
     authz.attach(cp.authz);
     authz.followAccessLogs(cp.events);
@@ -260,14 +261,26 @@ export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSig
       controlPlane: cp,
       minter,
       supervisor,
-      revokers: [sessions, ...revokersOf(gateway)],
+      // a killed or revoked session is refused at the egress edge and at the MCP gateway
+      revokers: [sessions, gateway.revoker()],
+      // kill-all also reaches MCP sessions that have no sandbox yet
+      sessionSources: [() => gw.liveSessions()],
       envoyStats: () => (envoy ? envoy.admin.stats('grpc_access_log') : Promise.resolve({})),
     });
     watcher.on('update', (next) => {
-      current = next;
-      operator?.updatePolicy(next);
-      supervisor?.setPolicy({ trustProfile: next.deployment.workloadTrustProfile, runtime: next.deployment.runtime, sessions: { ...next.sessions } });
-      republish('policy changed');
+      // the operator plane reads the SOAR admin key files: a bad one refuses the whole change
+      void (async () => {
+        try {
+          await operator!.updatePolicy(next);
+          supervisor?.setPolicy({ trustProfile: next.deployment.workloadTrustProfile, runtime: next.deployment.runtime, sessions: { ...next.sessions } });
+        } catch (e) {
+          io.stderr.write(`• policy change refused (the last good configuration stays live): ${(e as Error).message}\n`);
+          for (const i of ((e as { issues?: Parameters<typeof formatIssue>[0][] }).issues ?? []).slice(0, 20)) io.stderr.write(`  ${formatIssue(i)}\n`);
+          return;
+        }
+        current = next;
+        republish('policy changed');
+      })();
     });
     watcher.on('refused', (r) => {
       io.stderr.write(`• policy change refused (the last good configuration stays live):\n`);
@@ -355,12 +368,6 @@ function safeUserName(): string {
     /* no passwd entry */
   }
   return 'local-user';
-}
-
-/** The gateway refuses revoked sessions' calls when it can (it is a SessionRevoker). */
-function revokersOf(gateway: McpGateway): SessionRevoker[] {
-  const g = gateway as unknown as Partial<SessionRevoker>;
-  return typeof g.revoke === 'function' ? [g as SessionRevoker] : [];
 }
 
 function portFree(port: number, host: string): Promise<boolean> {

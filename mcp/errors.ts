@@ -82,6 +82,7 @@ export function jsonRpcCodeFor(reason: McpReason): number {
     case 'unauthorized':
     case 'session_revoked':
     case 'session_expired':
+    case 'exfil_budget_exceeded':
       return JSONRPC.unauthorized;
     case 'body_too_large':
       return JSONRPC.tooLarge;

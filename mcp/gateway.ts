@@ -11,6 +11,7 @@ import { Metrics } from '../common/metrics.js';
 import { EventBus, type EventSink } from '../common/events.js';
 import type { Ir } from '../policy/ir.js';
 import type { SandboxService } from '../sandbox/api.js';
+import type { RevocationReason } from '../xds-server/sessions.js';
 import { decideToolCall, egressView, toolsVisibleTo } from './access.js';
 import { PublicDenial, denial, deniedToolResult, httpStatusFor, jsonRpcCodeFor, jsonRpcErrorBody, toDenial, type Denial, type JsonRpcId } from './errors.js';
 import { argumentDigest, checkEnvelopeValue } from './jsonrpc.js';
@@ -33,6 +34,18 @@ import { CALLER_HEADER, MCP_PATH, ORIGIN_HEADER } from './headers.js';
  *   digest, outcome, duration); arguments, output and file contents never leave as such.
  * - The gateway depends on the sandbox API only (no operator API, no lifecycle mutation beyond its
  *   own sessions) and holds no upstream credential.
+ * - It is a session enforcer for the operator plane (`SessionRevoker`, registered with the
+ *   denylist): `revoke(id)` with a sandbox session id (what `sessions kill|quarantine|revoke`, SOAR
+ *   and the tripwire name) or with an MCP session's handle (`mcp:<uuid>`, what `liveSessions()`
+ *   reports for sessions that have no sandbox yet, so kill-all reaches them) refuses every later
+ *   request on that MCP session with the revocation's reason (`session_revoked`, or
+ *   `exfil_budget_exceeded`): HTTP 403, `x-deny-reason`, a JSON-RPC error carrying the reason. A
+ *   call already past that check is refused before it reaches the supervisor. The revoked MCP
+ *   session is closed once its in-flight requests end, WITHOUT destroying its sandbox: what happens
+ *   to the sandbox is the operator's decision (kill destroys it, quarantine keeps it for forensics).
+ * - Revocation is per session, not per caller: the caller may open a new MCP session (which gets a
+ *   new sandbox). Kill-all revokes every current session; it is not a ban either. Banning a caller
+ *   is the token issuer's (or the IdP's) business.
  */
 
 /** The part of the supervisor's API the gateway may use (no listing of others' sessions, no quarantine). */
@@ -81,6 +94,8 @@ export interface GatewayCounters {
 
 interface SessionRec {
   id: string;
+  /** what the operator plane names this session by until it has a sandbox (`mcp:<uuid>`) */
+  handle: string;
   caller: string;
   transport: StreamableHTTPServerTransport;
   server: McpServer;
@@ -89,7 +104,21 @@ interface SessionRec {
   lastActive: number;
   inflight: number;
   closed: boolean;
+  /** set once the operator plane revoked the session */
+  revoked?: RevocationReason;
 }
+
+/** How a revoked MCP session is answered after it was closed (until it would have idled out). */
+interface Tombstone {
+  caller: string;
+  reason: RevocationReason;
+  until: number;
+}
+
+/** Handle prefix of MCP sessions in the operator plane. */
+export const MCP_SESSION_HANDLE_PREFIX = 'mcp:';
+/** revoked sandbox ids remembered (the denylist re-applies older ones on start) */
+const MAX_REVOKED_REMEMBERED = 65_536;
 
 class RpcDenial extends Error {
   readonly code: number;
@@ -108,6 +137,10 @@ export class McpGateway {
   readonly events: EventSink;
   private readonly log: Logger;
   private readonly sessions = new Map<string, SessionRec>();
+  /** revoked MCP sessions already closed, by MCP session id */
+  private readonly tombstones = new Map<string, Tombstone>();
+  /** every session id the operator plane revoked (sandbox ids and MCP handles) → reason */
+  private readonly revokedIds = new Map<string, RevocationReason>();
   /** sessions being initialized, per caller (counted against the per-caller cap) */
   private readonly pending = new Map<string, number>();
   private readonly server: http.Server;
@@ -204,6 +237,67 @@ export class McpGateway {
     return this.sessions.size;
   }
 
+  /**
+   * `SessionRevoker` (operator/denylist.ts): refuse the MCP session bound to this sandbox session id
+   * (or MCP handle) from now on. Synchronous; idempotent; unknown ids are remembered, so a sandbox
+   * that attaches later is refused as well.
+   */
+  revoke(sessionId: string, reason: RevocationReason = 'session_revoked'): void {
+    if (!this.revokedIds.has(sessionId)) {
+      this.revokedIds.set(sessionId, reason);
+      if (this.revokedIds.size > MAX_REVOKED_REMEMBERED) this.revokedIds.delete(this.revokedIds.keys().next().value!);
+    }
+    for (const rec of this.sessions.values()) {
+      if (rec.sandboxId === sessionId || rec.handle === sessionId) this.revokeRec(rec, this.revokedIds.get(sessionId)!);
+    }
+  }
+
+  /** This gateway as a `SessionRevoker`, for `startOperatorPlane({ revokers: [...] })`. */
+  revoker(): { revoke(sessionId: string, reason?: RevocationReason): void } {
+    return { revoke: (id, reason) => this.revoke(id, reason) };
+  }
+
+  /**
+   * The live, unrevoked MCP sessions as the operator plane names them: the sandbox session id once
+   * there is one, the MCP handle before. A kill-all session source.
+   */
+  liveSessions(): string[] {
+    const out: string[] = [];
+    for (const r of this.sessions.values()) if (!r.closed && !r.revoked) out.push(r.sandboxId ?? r.handle);
+    return out;
+  }
+
+  /** Whether the MCP session bound to this sandbox session id (or handle) is revoked. */
+  isRevoked(sessionId: string): boolean {
+    return this.revokedIds.has(sessionId);
+  }
+
+  private revokeRec(rec: SessionRec, reason: RevocationReason): void {
+    if (rec.revoked || rec.closed) return;
+    rec.revoked = reason;
+    this.tombstones.set(rec.id, { caller: rec.caller, reason, until: Date.now() + this.idleMs });
+    this.metrics.inc('mcp_gateway_sessions_revoked_total', { reason });
+    this.events.emit({
+      type: 'mcp.session_revoked',
+      severity: 'warning',
+      source: 'mcp-gateway',
+      ...(rec.sandboxId ? { sessionId: rec.sandboxId } : {}),
+      data: { caller: rec.caller, reason, handle: rec.handle },
+    });
+    if (rec.inflight === 0) void this.closeSession(rec, 'revoked');
+  }
+
+  private tombstone(sid: string, caller: string): Tombstone | undefined {
+    const t = this.tombstones.get(sid);
+    if (!t) return undefined;
+    if (t.until < Date.now()) {
+      this.tombstones.delete(sid);
+      return undefined;
+    }
+    // another caller learns nothing about this session
+    return t.caller === caller ? t : undefined;
+  }
+
   async close(): Promise<void> {
     this.closing = true;
     if (this.sweepTimer) clearInterval(this.sweepTimer);
@@ -266,8 +360,11 @@ export class McpGateway {
         if (!isInit) return this.reply(res, denial('session_not_found'), env.message.kind === 'response' ? null : 'id' in env.message ? env.message.id : null);
         return this.initialize(req, res, caller, parsed);
       }
+      const msgId = 'id' in env.message ? env.message.id : null;
+      const revoked = this.revokedReason(sid, caller);
+      if (revoked) return this.refuseRevoked(res, revoked, msgId);
       const rec = this.lookup(sid, caller);
-      if (!rec) return this.reply(res, denial('session_not_found'), 'id' in env.message ? env.message.id : null);
+      if (!rec) return this.reply(res, denial('session_not_found'), msgId);
       rec.lastActive = Date.now();
       rec.inflight++;
       try {
@@ -275,10 +372,13 @@ export class McpGateway {
       } finally {
         rec.inflight--;
         rec.lastActive = Date.now();
+        if (rec.revoked && rec.inflight === 0) void this.closeSession(rec, 'revoked');
       }
       return;
     }
     if (method === 'GET' || method === 'DELETE') {
+      const revoked = sid ? this.revokedReason(sid, caller) : undefined;
+      if (revoked) return this.refuseRevoked(res, revoked);
       const rec = sid ? this.lookup(sid, caller) : undefined;
       if (!rec) return this.reply(res, denial('session_not_found'));
       rec.lastActive = Date.now();
@@ -289,6 +389,18 @@ export class McpGateway {
     return this.reply(res, denial('method_not_allowed'));
   }
 
+  /** The revocation reason of a revoked MCP session (open or already closed) of this caller. */
+  private revokedReason(sid: string, caller: string): RevocationReason | undefined {
+    const rec = this.sessions.get(sid);
+    if (rec && rec.caller === caller && rec.revoked) return rec.revoked;
+    return this.tombstone(sid, caller)?.reason;
+  }
+
+  private refuseRevoked(res: http.ServerResponse, reason: RevocationReason, id: JsonRpcId = null): void {
+    this.metrics.inc('mcp_gateway_revoked_requests_total', { reason });
+    this.reply(res, denial(reason), id);
+  }
+
   private lookup(sid: string, caller: string): SessionRec | undefined {
     const rec = this.sessions.get(sid);
     // Another caller's session is indistinguishable from a session that does not exist.
@@ -297,7 +409,8 @@ export class McpGateway {
 
   private openCount(caller: string): number {
     let n = this.pending.get(caller) ?? 0;
-    for (const s of this.sessions.values()) if (s.caller === caller) n++;
+    // a revoked session still finishing its in-flight requests does not hold the caller's slot
+    for (const s of this.sessions.values()) if (s.caller === caller && !s.revoked) n++;
     return n;
   }
 
@@ -313,7 +426,7 @@ export class McpGateway {
     const transport = new StreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
       onsessioninitialized: (id) => {
-        rec = { id, caller, transport, server, lastActive: Date.now(), inflight: 0, closed: false };
+        rec = { id, handle: `${MCP_SESSION_HANDLE_PREFIX}${randomUUID()}`, caller, transport, server, lastActive: Date.now(), inflight: 0, closed: false };
         this.sessions.set(id, rec);
         this.metrics.inc('mcp_gateway_sessions_opened_total');
         this.events.emit({ type: 'mcp.session_opened', severity: 'info', source: 'mcp-gateway', data: { caller } });
@@ -377,6 +490,11 @@ export class McpGateway {
   private async callTool(rec: SessionRec, name: string, rawArgs: unknown): Promise<CallToolResult> {
     const t0 = performance.now();
     rec.lastActive = Date.now();
+    if (rec.revoked) {
+      // revoked while this request was on its way in: refused before the policy and the supervisor
+      this.record(rec, name, rawArgs, 'denied', t0, rec.revoked);
+      throw new RpcDenial(denial(rec.revoked));
+    }
     const d = decideToolCall(this.o.policy(), rec.caller, name, rawArgs);
     if (!d.allow) {
       this.record(rec, name, rawArgs, d.denial.reason === 'schema_invalid' ? 'invalid' : 'denied', t0, d.denial.reason);
@@ -387,6 +505,10 @@ export class McpGateway {
       this.record(rec, d.tool, rawArgs, 'ok', t0);
       return result;
     } catch (e) {
+      if (e instanceof RpcDenial) {
+        this.record(rec, d.tool, rawArgs, 'denied', t0, e.data.reason);
+        throw e;
+      }
       const den = toDenial(e);
       if (den.reason === 'tool_failed') this.log.warn({ tool: d.tool, err: (e as Error)?.message }, 'tool failed');
       this.record(rec, d.tool, rawArgs, den.reason === 'tool_failed' ? 'error' : 'denied', t0, den.reason);
@@ -394,7 +516,14 @@ export class McpGateway {
     }
   }
 
+  /** The session's sandbox, checked against revocation right before the supervisor is called. */
   private async sandboxFor(rec: SessionRec): Promise<string> {
+    const id = await this.attachSandbox(rec);
+    if (rec.revoked) throw new RpcDenial(denial(rec.revoked));
+    return id;
+  }
+
+  private async attachSandbox(rec: SessionRec): Promise<string> {
     if (rec.sandboxId) {
       const info = this.o.sandbox.getSession(rec.sandboxId);
       if (!info || info.state === 'destroyed' || info.state === 'destroying') throw publicError('session_expired');
@@ -403,11 +532,22 @@ export class McpGateway {
     }
     rec.sandboxPending ??= this.o.sandbox.createSession(rec.caller).then(
       (info) => {
+        if (rec.revoked) {
+          // revoked (kill-all by handle) while its sandbox was being made: the operator plane never
+          // saw this sandbox, so it is not left behind
+          if (!this.revokedIds.has(info.sessionId)) void this.o.sandbox.destroySession(info.sessionId, 'mcp_session_revoked').catch(() => undefined);
+          throw new RpcDenial(denial(rec.revoked));
+        }
         if (rec.closed) {
           void this.o.sandbox.destroySession(info.sessionId, 'mcp_session_closed').catch(() => undefined);
           throw publicError('session_expired');
         }
         rec.sandboxId = info.sessionId;
+        const pre = this.revokedIds.get(info.sessionId);
+        if (pre) {
+          this.revokeRec(rec, pre);
+          throw new RpcDenial(denial(pre));
+        }
         this.events.emit({ type: 'mcp.sandbox_attached', severity: 'info', source: 'mcp-gateway', sessionId: info.sessionId, data: { caller: rec.caller } });
         return info.sessionId;
       },
@@ -472,6 +612,7 @@ export class McpGateway {
 
   private sweep(): void {
     const now = Date.now();
+    for (const [id, t] of this.tombstones) if (t.until < now) this.tombstones.delete(id);
     for (const s of this.sessions.values()) {
       if (!s.closed && s.inflight === 0 && now - s.lastActive > this.idleMs) void this.closeSession(s, 'mcp_session_idle');
     }
@@ -491,6 +632,8 @@ export class McpGateway {
     });
     await rec.transport.close().catch(() => undefined);
     await rec.server.close().catch(() => undefined);
+    // a revoked session's sandbox is the operator plane's (kill destroys it, quarantine keeps it)
+    if (rec.revoked) return;
     const id = rec.sandboxId ?? (rec.sandboxPending ? await rec.sandboxPending.catch(() => undefined) : undefined);
     if (id) {
       try {

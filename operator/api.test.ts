@@ -34,22 +34,28 @@ describe('operator API and CLI', () => {
     for (const c of cleanups.splice(0).reverse()) await c();
   });
 
-  async function plane(extra: { webhookUrl?: string; tcpPort?: number; onTrip?: 'alert' | 'kill' } = {}) {
+  async function plane(extra: { webhookUrl?: string; tcpPort?: number; onTrip?: 'alert' | 'kill'; noAdmin?: boolean } = {}) {
     const t = tempDir();
     cleanups.push(t.cleanup);
     const keyFile = path.join(t.dir, 'keys', 'hook.jwk');
-    const ir = compileText(
+    // the SOAR platform's public key, named by the policy (relative to the policy file)
+    const soar = await generateKeyPair('EdDSA', { crv: 'Ed25519' });
+    const soarJwk = { ...(await exportJWK(soar.publicKey)), kid: 'soar-1', alg: 'EdDSA' };
+    fs.writeFileSync(path.join(t.dir, 'soar-admin.jwks.json'), JSON.stringify({ keys: [soarJwk] }));
+    const policyText = (admin: string[]) =>
       [
         'apiVersion: portcullis/v1',
         'kind: Policy',
         'deployment: { workloadTrustProfile: trusted_operator, runtime: gvisor }',
         'egress:',
         `  tripwire: { bytesPerSession: 1Ki, distinctDestinations: 5, window: 1m, onTrip: ${extra.onTrip ?? 'alert'} }`,
-        ...(extra.webhookUrl ? ['soar:', '  webhooks:', `    - { url: "${extra.webhookUrl}", signingKey: { file: ${keyFile} } }`] : []),
+        'soar:',
+        ...admin,
+        ...(extra.webhookUrl ? ['  webhooks:', `    - { url: "${extra.webhookUrl}", signingKey: { file: ${keyFile} } }`] : ['  webhooks: []']),
         '',
-      ].join('\n'),
-      { file: 'p.yaml', baseDir: t.dir },
-    );
+      ].join('\n');
+    const compile = (admin: string[]) => compileText(policyText(admin), { file: 'p.yaml', baseDir: t.dir });
+    const ir = compile(extra.noAdmin ? [] : ['  admin: { keys: [{ name: xsoar, jwksFile: soar-admin.jwks.json }] }']);
     const log: string[] = [];
     const edge = recordingRevoker(log);
     const sup = new FakeSupervisor(log);
@@ -58,8 +64,6 @@ describe('operator API and CLI', () => {
     const audit = new MemoryAudit();
     const events = new EventBus();
     const metrics = new Metrics();
-    const soar = await generateKeyPair('EdDSA', { crv: 'Ed25519' });
-    const soarJwk = { ...(await exportJWK(soar.publicKey)), kid: 'soar-1', alg: 'EdDSA' };
     const p: OperatorPlane = await startOperatorPlane({
       dataDir: path.join(t.dir, 'data'),
       logger: silentLogger(),
@@ -71,7 +75,6 @@ describe('operator API and CLI', () => {
       supervisor: sup,
       controlPlane: { status: () => ({ liveVersion: 'v-123', lastNack: null, lastRefused: null, xdsAddress: '127.0.0.1:1' }) },
       minter: { rotate: async () => ({ generation: 2 }) },
-      soarAdminKeys: { keys: [soarJwk] },
       ...(extra.tcpPort !== undefined ? { tcp: { port: extra.tcpPort, token: TOKEN } } : {}),
       outbox: { backoff: { baseMs: 20, maxMs: 100 } },
       tripwire: { sweepEveryMs: 0 },
@@ -84,7 +87,7 @@ describe('operator API and CLI', () => {
       const code = await runOperatorCli([...args, '--socket', p.api.socketPath!], c.io, {});
       return { code, out: c.out(), err: c.err() };
     };
-    return { p, client, log, sup, audit, events, metrics, cli, dir: t.dir, soarKey: soar.privateKey, edge };
+    return { p, client, log, sup, audit, events, metrics, cli, dir: t.dir, soarKey: soar.privateKey, edge, compile };
   }
 
   it('listens on a unix socket created 0600, refuses a second instance, and removes the socket on close', async () => {
@@ -222,6 +225,71 @@ describe('operator API and CLI', () => {
     expect(log).toEqual(['revoke s2 session_revoked', 'destroy s2 operator_kill']);
     const again = await client.request('POST', '/v1/soar/admin', { jws });
     expect(again).toMatchObject({ status: 409, body: { error: { code: 'replayed' } } });
+  });
+
+  it('SOAR admin trust comes from the policy: swapped live by updatePolicy, a bad JWKS file keeps the last good keys, no soar.admin → 404', async () => {
+    const { p, client, soarKey, dir, compile, audit, log } = await plane();
+    const sign = (key: Parameters<SignJWT['sign']>[0], kid: string, jti: string, aud = SOAR_ADMIN_AUDIENCE) =>
+      new SignJWT({ act: 'revoke', sid: 's1' }).setProtectedHeader({ alg: 'EdDSA', kid }).setIssuer('xsoar').setAudience(aud).setIssuedAt().setExpirationTime('2m').setJti(jti).sign(key);
+    expect(p.soarAdminTrust()).toMatchObject({ audience: SOAR_ADMIN_AUDIENCE, jwks: { keys: [{ kid: 'soar-1' }] } });
+    // accepted with the policy's key; the actor carries the policy's key name
+    expect((await client.request('POST', '/v1/soar/admin', await sign(soarKey, 'soar-1', 'j1'))).status).toBe(200);
+    expect(audit.events.find((e) => (e.api as { operation?: string }).operation === 'session.revoke')).toMatchObject({ actor: { user: { uid: 'soar:xsoar', name: 'xsoar' } } });
+
+    // rotate: a new key in a new file, a new audience
+    const next = await generateKeyPair('ES256');
+    fs.writeFileSync(path.join(dir, 'rotated.jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(next.publicKey)), kid: 'soar-2' }] }));
+    await p.updatePolicy(compile(['  admin: { audience: soar-admin-v2, keys: [{ name: rotated, jwksFile: rotated.jwks.json }] }']));
+    const es = (kid: string, jti: string, aud: string) =>
+      new SignJWT({ act: 'revoke', sid: 's2' }).setProtectedHeader({ alg: 'ES256', kid }).setIssuer('xsoar').setAudience(aud).setIssuedAt().setExpirationTime('2m').setJti(jti).sign(next.privateKey);
+    expect((await client.request('POST', '/v1/soar/admin', await sign(soarKey, 'soar-1', 'j2', 'soar-admin-v2'))).body).toMatchObject({ error: { code: 'unknown_key' } });
+    expect((await client.request('POST', '/v1/soar/admin', await es('soar-2', 'j3', SOAR_ADMIN_AUDIENCE))).body).toMatchObject({ error: { code: 'audience_invalid' } });
+    expect((await client.request('POST', '/v1/soar/admin', await es('soar-2', 'j4', 'soar-admin-v2'))).status).toBe(200);
+
+    // a policy whose admin JWKS is unreadable or invalid is refused with a stable code; the last good keys stay
+    for (const [file, content, code] of [
+      ['missing.jwks.json', null, 'soar_admin_jwks_unreadable'],
+      ['garbage.jwks.json', 'not json', 'soar_admin_jwks_invalid'],
+      ['empty.jwks.json', '{"keys":[]}', 'soar_admin_jwks_invalid'],
+      ['private.jwks.json', JSON.stringify({ keys: [{ kty: 'OKP', crv: 'Ed25519', x: 'AAAA', d: 'BBBB', kid: 'p' }] }), 'soar_admin_jwks_private'],
+      ['rsa.jwks.json', JSON.stringify({ keys: [{ kty: 'RSA', n: 'AQAB', e: 'AQAB', kid: 'r' }] }), 'soar_admin_jwks_invalid'],
+      ['nokid.jwks.json', JSON.stringify({ keys: [{ ...(await exportJWK(next.publicKey)) }] }), 'soar_admin_jwks_invalid'],
+    ] as const) {
+      if (content !== null) fs.writeFileSync(path.join(dir, file), content);
+      const bad = compile([`  admin: { keys: [{ name: bad, jwksFile: ${file} }] }`]);
+      const e = await p.updatePolicy(bad).then(
+        () => undefined,
+        (x: unknown) => x as { code: string; issues: { code: string; path: string; line: number; file: string }[] },
+      );
+      expect(e, file).toMatchObject({ code: 'policy_invalid', issues: [{ code, path: 'soar.admin.keys[0].jwksFile', file: 'p.yaml' }] });
+      expect(e!.issues[0]!.line).toBeGreaterThan(0);
+      expect(p.soarAdminTrust()!.audience, file).toBe('soar-admin-v2');
+    }
+    expect((await client.request('POST', '/v1/soar/admin', await es('soar-2', 'j5', 'soar-admin-v2'))).status).toBe(200);
+
+    // the same kid in two files is ambiguous
+    fs.writeFileSync(path.join(dir, 'dup.jwks.json'), fs.readFileSync(path.join(dir, 'rotated.jwks.json')));
+    await expect(p.updatePolicy(compile(['  admin: { keys: [{ name: a, jwksFile: rotated.jwks.json }, { name: b, jwksFile: dup.jwks.json }] }']))).rejects.toMatchObject({
+      issues: [{ code: 'soar_admin_kid_duplicate', path: 'soar.admin.keys[1].jwksFile' }],
+    });
+
+    // soar.admin removed: the admin API is off
+    await p.updatePolicy(compile([]));
+    expect(p.soarAdminTrust()).toBeNull();
+    expect((await client.request('POST', '/v1/soar/admin', await es('soar-2', 'j6', 'soar-admin-v2'))).status).toBe(404);
+    expect(log.filter((l) => l.startsWith('revoke'))).toEqual(['revoke s1 session_revoked', 'revoke s2 session_revoked']);
+  });
+
+  it('a plane whose policy names an unreadable SOAR admin JWKS does not start', async () => {
+    const t = tempDir();
+    cleanups.push(t.cleanup);
+    const ir = compileText(
+      ['apiVersion: portcullis/v1', 'kind: Policy', 'deployment: { workloadTrustProfile: trusted_operator, runtime: gvisor }', 'soar:', '  admin:', '    keys: [{ name: x, jwksFile: nope.json }]', ''].join('\n'),
+      { file: 'q.yaml', baseDir: t.dir },
+    );
+    await expect(
+      startOperatorPlane({ dataDir: path.join(t.dir, 'data'), logger: silentLogger(), events: new EventBus(), metrics: new Metrics(), audit: new MemoryAudit(), ir, tripwire: { sweepEveryMs: 0 } }),
+    ).rejects.toMatchObject({ code: 'policy_invalid', issues: [{ code: 'soar_admin_jwks_unreadable', file: 'q.yaml', line: 6, path: 'soar.admin.keys[0].jwksFile' }] });
   });
 
   it('the tripwire with onTrip kill: a session past its budget is killed with exfil_budget_exceeded (even with the audit log down) and reported', async () => {

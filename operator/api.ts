@@ -283,7 +283,7 @@ export class OperatorApi {
     }
     if (is('GET', 'soar', 'jwks.json')) return ok(this.o.webhookJwks?.() ?? { keys: [] });
     if (is('POST', 'soar', 'admin')) {
-      if (!this.o.soarAdmin) return err(404, 'not_found', 'the SOAR admin API is not configured');
+      if (!this.o.soarAdmin?.enabled) return err(404, 'not_found', 'the SOAR admin API is not configured');
       const jws = extractJws(body);
       const r = await this.o.soarAdmin.handle(jws, { requestId: ctx.requestId, ...(ctx.remote && net.isIP(ctx.remote.replace(/^::ffff:/, '')) ? { src: { ip: ctx.remote.replace(/^::ffff:/, '') } } : {}) });
       return { status: r.status, body: r.body };

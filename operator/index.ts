@@ -1,4 +1,3 @@
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { JSONWebKeySet } from 'jose';
 import type { EventBus } from '../common/events.js';
@@ -10,8 +9,8 @@ import { OperatorApi, type CaRotator, type PolicyStatusSource } from './api.js';
 import { OPERATOR_SOCKET_FILE } from './client.js';
 import { Denylist, type SessionRevoker } from './denylist.js';
 import { KillSwitch, type OperatorSandbox } from './kill.js';
-import { ReplayCache, SoarAdmin } from './soar-in.js';
-import { loadOrCreateWebhookKey, publishJwks, type WebhookSigningKey } from './soar-keys.js';
+import { ReplayCache, SOAR_ADMIN_AUDIENCE, SoarAdmin } from './soar-in.js';
+import { loadOrCreateWebhookKey, loadSoarAdminKeys, publishJwks, type SoarAdminTrust, type WebhookSigningKey } from './soar-keys.js';
 import { SoarOutbox, type SoarOutboxOptions, type WebhookTarget } from './soar-out.js';
 import { Tripwire, tripwireConfigOf } from './tripwire.js';
 
@@ -20,7 +19,17 @@ export { OperatorClient, defaultSocketPath, OPERATOR_SOCKET_FILE, type OperatorC
 export { Denylist, DENYLIST_FILE, type DenyEntry, type DenyKind, type SessionRevoker } from './denylist.js';
 export { KillSwitch, type ActionActor, type ActionOptions, type KillAllResult, type KillResult, type OperatorSandbox, type SandboxOutcome } from './kill.js';
 export { ADMIN_REFUSALS, AdminActionSchema, MAX_ADMIN_TOKEN_LIFETIME_SEC, REPLAY_FILE, ReplayCache, SOAR_ADMIN_AUDIENCE, SoarAdmin, type AdminRefusal } from './soar-in.js';
-export { generateWebhookKey, loadOrCreateWebhookKey, publishJwks, SOAR_JWKS_FILE, type WebhookSigningKey } from './soar-keys.js';
+export {
+  generateWebhookKey,
+  loadOrCreateWebhookKey,
+  loadSoarAdminKeys,
+  publishJwks,
+  SOAR_ADMIN_KEY_ISSUES,
+  SOAR_JWKS_FILE,
+  type SoarAdminKeyIssue,
+  type SoarAdminTrust,
+  type WebhookSigningKey,
+} from './soar-keys.js';
 export { backoffDelay, OUTBOX_FILE, SOAR_EVENT_TYPES, SoarOutbox, WEBHOOK_JWT_TYP, type DeliveryStatus, type OutboxEvent, type WebhookTarget } from './soar-out.js';
 export { normalizeAuthority, Tripwire, tripwireConfigOf, type TripInfo, type TripwireConfig } from './tripwire.js';
 
@@ -42,11 +51,12 @@ export interface OperatorPlaneOptions {
   supervisor?: OperatorSandbox;
   minter?: CaRotator;
   /**
-   * Public keys of the SOAR platform for admin calls (the policy has no field for them yet): a
-   * JWKS, or a JWKS file re-read on every call. Without them the admin API answers 404.
+   * More places that know live sessions, for kill-all (the MCP gateway's `liveSessions`, so MCP
+   * sessions that have no sandbox yet are revoked too).
    */
-  soarAdminKeys?: JSONWebKeySet | string;
-  soarAdminAudience?: string;
+  sessionSources?: (() => Iterable<string>)[];
+  /** how often the SOAR admin JWKS files (`soar.admin.keys`) are re-read; default 10 s, 0 = never */
+  soarAdminKeysEveryMs?: number;
   /** default `<dataDir>/operator.sock` */
   socketPath?: string;
   tcp?: { host?: string; port: number; token: string };
@@ -63,10 +73,17 @@ export interface OperatorPlane {
   kill: KillSwitch;
   outbox: SoarOutbox;
   tripwire: Tripwire;
-  soarAdmin: SoarAdmin | null;
+  /** answers 404 while the policy has no `soar.admin` */
+  soarAdmin: SoarAdmin;
+  /** the SOAR admin trust now live (null: the admin API is off) */
+  soarAdminTrust(): SoarAdminTrust | null;
   /** the webhook signers' public keys */
   webhookJwks(): JSONWebKeySet;
-  /** apply a new policy: tripwire budgets, webhook list and keys */
+  /**
+   * Apply a new policy: tripwire budgets, webhook list and keys, SOAR admin audience and keys.
+   * Everything is loaded first; if anything fails (an unreadable or invalid admin JWKS: PolicyError
+   * `policy_invalid` with a `soar_admin_*` issue) it throws and nothing changes.
+   */
   updatePolicy(ir: Ir): Promise<void>;
   close(): Promise<void>;
 }
@@ -82,6 +99,9 @@ export async function startOperatorPlane(o: OperatorPlaneOptions): Promise<Opera
     for (const c of closers.reverse()) await Promise.resolve(c()).catch((e: unknown) => log.warn({ err: (e as Error).message }, 'operator plane close step failed'));
   };
   try {
+    // the SOAR admin trust first: a policy whose admin keys cannot be read does not start
+    let adminTrust = await loadSoarAdminKeys(o.ir);
+    let currentIr = o.ir;
     const denylist = await Denylist.open({ dataDir: o.dataDir, enforcers: o.revokers ?? [], logger: o.logger, metrics: o.metrics });
     closers.push(() => denylist.close());
 
@@ -125,36 +145,39 @@ export async function startOperatorPlane(o: OperatorPlaneOptions): Promise<Opera
       events: o.events,
       metrics: o.metrics,
       logger: o.logger,
-      sessionSources: [() => tripwire.activeSessions()],
+      sessionSources: [() => tripwire.activeSessions(), ...(o.sessionSources ?? [])],
     });
 
-    let soarAdmin: SoarAdmin | null = null;
-    if (o.soarAdminKeys !== undefined) {
-      const replay = await ReplayCache.open(o.dataDir);
-      closers.push(() => replay.close());
-      const src = o.soarAdminKeys;
-      let fileKeys: JSONWebKeySet = { keys: [] };
-      if (typeof src === 'string') fileKeys = await readJwksFile(src);
-      soarAdmin = new SoarAdmin({
-        keys: () => (typeof src === 'string' ? fileKeys : src),
-        ...(o.soarAdminAudience ? { audience: o.soarAdminAudience } : {}),
-        replay,
-        kill,
-        audit: o.audit,
-        logger: o.logger,
-        metrics: o.metrics,
-      });
-      if (typeof src === 'string') {
-        // re-read on a timer so a rotated SOAR key takes effect without a restart
-        const t = setInterval(() => {
-          readJwksFile(src).then(
-            (k) => (fileKeys = k),
-            (e: unknown) => log.warn({ err: (e as Error).message }, 'SOAR admin JWKS unreadable; keeping the previous keys'),
-          );
-        }, 10_000);
-        t.unref();
-        closers.push(() => clearInterval(t));
-      }
+    const replay = await ReplayCache.open(o.dataDir);
+    closers.push(() => replay.close());
+    const soarAdmin = new SoarAdmin({
+      keys: () => adminTrust?.jwks ?? { keys: [] },
+      audience: () => adminTrust?.audience ?? SOAR_ADMIN_AUDIENCE,
+      keyName: (kid) => adminTrust?.keyNames.get(kid),
+      enabled: () => adminTrust !== null,
+      replay,
+      kill,
+      audit: o.audit,
+      logger: o.logger,
+      metrics: o.metrics,
+    });
+    const everyMs = o.soarAdminKeysEveryMs ?? 10_000;
+    if (everyMs > 0) {
+      // re-read on a timer so a rotated SOAR key takes effect without a policy change
+      const t = setInterval(() => {
+        const ir = currentIr;
+        loadSoarAdminKeys(ir).then(
+          (k) => {
+            if (ir === currentIr) adminTrust = k;
+          },
+          (e: unknown) => {
+            o.metrics.inc('soar_admin_keys_reload_failed_total');
+            log.warn({ err: (e as Error).message }, 'SOAR admin JWKS unreadable or invalid; keeping the previous keys');
+          },
+        );
+      }, everyMs);
+      t.unref();
+      closers.push(() => clearInterval(t));
     }
 
     if (o.envoyStats) {
@@ -183,7 +206,7 @@ export async function startOperatorPlane(o: OperatorPlaneOptions): Promise<Opera
       webhookJwks: () => jwks,
       tripwire,
       ...(o.controlPlane ? { policy: o.controlPlane } : {}),
-      ...(soarAdmin ? { soarAdmin } : {}),
+      soarAdmin,
       ...(o.minter ? { minter: o.minter } : {}),
       socketPath: o.socketPath ?? join(o.dataDir, OPERATOR_SOCKET_FILE),
       ...(o.tcp ? { tcp: o.tcp } : {}),
@@ -197,13 +220,19 @@ export async function startOperatorPlane(o: OperatorPlaneOptions): Promise<Opera
       outbox,
       tripwire,
       soarAdmin,
+      soarAdminTrust: () => adminTrust,
       webhookJwks: () => jwks,
       async updatePolicy(ir: Ir) {
-        tripwire.setConfig(tripwireConfigOf(ir));
+        // load everything that can fail before changing anything
+        const trust = await loadSoarAdminKeys(ir);
         const t = await targetsOf(ir);
+        const published = await publishJwks(o.dataDir, t.map((x) => x.key));
+        tripwire.setConfig(tripwireConfigOf(ir));
         webhookKeys = t.map((x) => x.key);
-        jwks = (await publishJwks(o.dataDir, webhookKeys)).jwks;
+        jwks = published.jwks;
         outbox.setTargets(t);
+        adminTrust = trust;
+        currentIr = ir;
       },
       close: closeAll,
     };
@@ -211,10 +240,4 @@ export async function startOperatorPlane(o: OperatorPlaneOptions): Promise<Opera
     await closeAll();
     throw e;
   }
-}
-
-async function readJwksFile(file: string): Promise<JSONWebKeySet> {
-  const v = JSON.parse(await readFile(file, 'utf8')) as JSONWebKeySet;
-  if (!Array.isArray(v?.keys)) throw new Error(`${file} is not a JWKS (no "keys" array)`);
-  return v;
 }

@@ -1,3 +1,5 @@
+import fs from 'node:fs';
+import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SignJWT, exportJWK, generateKeyPair, type JWK } from 'jose';
 import { EventBus } from '../common/events.js';
@@ -7,6 +9,8 @@ import { Denylist } from './denylist.js';
 import { KillSwitch } from './kill.js';
 import { ReplayCache, SOAR_ADMIN_AUDIENCE, SoarAdmin } from './soar-in.js';
 import { FakeSupervisor, MemoryAudit, recordingRevoker, tempDir } from './testkit.js';
+import { loadSoarAdminKeys } from './soar-keys.js';
+import { compileText } from '../policy/compile.js';
 
 type Key = Awaited<ReturnType<typeof generateKeyPair>>['privateKey'];
 
@@ -44,7 +48,26 @@ describe('SOAR admin API (inbound)', () => {
     const kill = new KillSwitch({ denylist, sandbox: sup, audit, events: new EventBus(), metrics: new Metrics(), logger: silentLogger(), clock: () => now });
     const replay = await ReplayCache.open(dataDir, () => now);
     cleanups.push(() => replay.close());
-    const admin = new SoarAdmin({ keys: () => ({ keys: [soarJwk] }), replay, kill, audit, logger: silentLogger(), metrics: new Metrics(), now: () => now });
+    // the trusted keys come from the policy: soar.admin.keys[].jwksFile, relative to the policy file
+    const pdir = tempDir('soar-policy-');
+    cleanups.push(pdir.cleanup);
+    fs.writeFileSync(path.join(pdir.dir, 'xsoar.jwks.json'), JSON.stringify({ keys: [soarJwk] }));
+    const ir = compileText(
+      'apiVersion: portcullis/v1\nkind: Policy\ndeployment: { workloadTrustProfile: trusted_operator, runtime: gvisor }\nsoar:\n  admin:\n    keys: [{ name: xsoar, jwksFile: xsoar.jwks.json }]\n',
+      { file: 'p.yaml', baseDir: pdir.dir },
+    );
+    const trust = (await loadSoarAdminKeys(ir))!;
+    const admin = new SoarAdmin({
+      keys: () => trust.jwks,
+      audience: () => trust.audience,
+      keyName: (kid) => trust.keyNames.get(kid),
+      replay,
+      kill,
+      audit,
+      logger: silentLogger(),
+      metrics: new Metrics(),
+      now: () => now,
+    });
     return { admin, audit, log, sup, denylist, replay, setNow: (t: number) => (now = t) };
   }
 

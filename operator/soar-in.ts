@@ -7,13 +7,16 @@ import type { Logger } from '../common/logger.js';
 import type { Metrics } from '../common/metrics.js';
 import { apiActivity, type EndpointInput } from '../audit/ocsf.js';
 import type { AuditAppender } from '../audit/require-audit.js';
+import { SOAR_ADMIN_DEFAULT_AUDIENCE } from '../policy/schema.js';
 import { Journal } from './journal.js';
 import type { KillSwitch } from './kill.js';
 
 /**
  * The SOAR admin API (inbound): a SOAR platform asks Portcullis to quarantine, kill or revoke a
- * session with a request signed by one of ITS keys (public halves configured here; the policy
- * names them — see the report for the proposed `soar.admin` schema).
+ * session with a request signed by one of ITS keys. The public halves and the audience come from
+ * the policy (`soar.admin: { audience, keys: [{ name, jwksFile }] }`, loaded by
+ * `loadSoarAdminKeys`); the operator plane swaps them live on a policy change. Without
+ * `soar.admin` the endpoint answers 404.
  *
  * A request is a compact JWS (JWT), `alg` EdDSA or ES256, with claims
  *   iss  the SOAR client (recorded as the actor)          aud  the admin audience (required)
@@ -31,7 +34,7 @@ import type { KillSwitch } from './kill.js';
  */
 
 export const REPLAY_FILE = 'soar-replay.jsonl';
-export const SOAR_ADMIN_AUDIENCE = 'portcullis-admin';
+export const SOAR_ADMIN_AUDIENCE = SOAR_ADMIN_DEFAULT_AUDIENCE;
 export const MAX_ADMIN_TOKEN_LIFETIME_SEC = 300;
 
 export const ADMIN_REFUSALS = [
@@ -119,9 +122,14 @@ export class ReplayCache {
 // Admin handler
 
 export interface SoarAdminOptions {
-  /** the SOAR platform's public keys */
+  /** the SOAR platform's public keys (re-read on every request) */
   keys: () => JSONWebKeySet;
-  audience?: string;
+  /** the audience requests must carry (default `portcullis-admin`) */
+  audience?: string | (() => string);
+  /** the policy's name of the key with this kid (recorded as the actor's name) */
+  keyName?: (kid: string) => string | undefined;
+  /** false: the admin API is off (the operator API answers 404); default true */
+  enabled?: () => boolean;
   replay: ReplayCache;
   kill: KillSwitch;
   audit: AuditAppender;
@@ -160,7 +168,12 @@ export class SoarAdmin {
   }
 
   get audience(): string {
-    return this.o.audience ?? SOAR_ADMIN_AUDIENCE;
+    const a = this.o.audience;
+    return (typeof a === 'function' ? a() : a) ?? SOAR_ADMIN_AUDIENCE;
+  }
+
+  get enabled(): boolean {
+    return this.o.enabled?.() ?? true;
   }
 
   async handle(jws: string, meta: { src?: EndpointInput; requestId?: string } = {}): Promise<AdminResponse> {
@@ -179,8 +192,9 @@ export class SoarAdmin {
     }
     if (!fresh) return this.refuse('replayed', digest, meta, kid, 409, { iss, jti: payload.jti! });
 
+    const keyName = kid ? this.o.keyName?.(kid) : undefined;
     const opts = {
-      actor: { id: `soar:${iss}`.slice(0, 1024), type: 'soar' as const },
+      actor: { id: `soar:${iss}`.slice(0, 1024), type: 'soar' as const, ...(keyName ? { name: keyName } : {}) },
       ...(action.why ? { note: action.why } : {}),
       ...(meta.requestId ? { requestId: meta.requestId } : { requestId: payload.jti! }),
       ...(meta.src ? { src: meta.src } : {}),

@@ -5,6 +5,8 @@ import { calculateJwkThumbprint, type JSONWebKeySet, type JWK } from 'jose';
 import { PortcullisError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { ensureDir, exists, writeFileAtomic } from '../audit/fsutil.js';
+import { PolicyError, type PolicyIssue } from '../policy/errors.js';
+import type { Ir } from '../policy/ir.js';
 
 /**
  * Keys of the SOAR integration.
@@ -17,7 +19,7 @@ import { ensureDir, exists, writeFileAtomic } from '../audit/fsutil.js';
  * data dir) for receivers to verify with.
  *
  * Incoming admin calls are signed by the SOAR platform's own keys; only their public halves are
- * configured here (see soar-in.ts).
+ * configured in the policy (`soar.admin.keys[].jwksFile`, read by `loadSoarAdminKeys`; see soar-in.ts).
  */
 
 export const SOAR_JWKS_FILE = 'soar-jwks.json';
@@ -93,4 +95,99 @@ export async function publishJwks(dataDir: string, keys: readonly WebhookSigning
   await ensureDir(dataDir);
   await writeFileAtomic(path, `${JSON.stringify(jwks, null, 2)}\n`, 0o644);
   return { path, jwks };
+}
+
+// ---------------------------------------------------------------------------------------------
+// SOAR admin keys (inbound): `soar.admin.keys[].jwksFile` in the policy
+
+/** Stable issue codes of `loadSoarAdminKeys` (in a PolicyError `policy_invalid`). */
+export const SOAR_ADMIN_KEY_ISSUES = ['soar_admin_jwks_unreadable', 'soar_admin_jwks_invalid', 'soar_admin_jwks_private', 'soar_admin_kid_duplicate'] as const;
+export type SoarAdminKeyIssue = (typeof SOAR_ADMIN_KEY_ISSUES)[number];
+
+const MAX_JWKS_BYTES = 64 * 1024;
+
+/** The admin trust the operator plane runs with: the audience and one JWKS of every configured key. */
+export interface SoarAdminTrust {
+  audience: string;
+  jwks: JSONWebKeySet;
+  /** kid → the policy's key name */
+  keyNames: ReadonlyMap<string, string>;
+}
+
+/**
+ * Read and check every JWKS file `ir.soar.admin` names. Each key must be a public Ed25519 (OKP) or
+ * P-256 (EC) key with a `kid`, unique across the files. Throws a PolicyError (`policy_invalid`)
+ * naming the policy file, the line of the key entry and `soar.admin.keys[i].jwksFile`, with one
+ * of SOAR_ADMIN_KEY_ISSUES; the caller keeps its previous trust. `null` when the admin API is off.
+ */
+export async function loadSoarAdminKeys(ir: Ir): Promise<SoarAdminTrust | null> {
+  const admin = ir.soar.admin;
+  if (!admin) return null;
+  const issues: PolicyIssue[] = [];
+  const keys: JWK[] = [];
+  const keyNames = new Map<string, string>();
+  for (const [i, k] of admin.keys.entries()) {
+    const issue = (code: SoarAdminKeyIssue, message: string, hint?: string) =>
+      issues.push({ file: k.source.file, line: k.source.line, col: 1, path: `soar.admin.keys[${i}].jwksFile`, code, message, ...(hint ? { hint } : {}) });
+    let text: string;
+    try {
+      const st = await stat(k.jwksFile);
+      if (!st.isFile()) throw new Error('not a regular file');
+      if (st.size > MAX_JWKS_BYTES) throw new Error(`larger than ${MAX_JWKS_BYTES} bytes`);
+      text = await readFile(k.jwksFile, 'utf8');
+    } catch (e) {
+      const why = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+      issue('soar_admin_jwks_unreadable', `SOAR admin key '${k.name}': cannot read ${k.jwksFile} (${why})`, 'the file must exist and be readable by Portcullis');
+      continue;
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      issue('soar_admin_jwks_invalid', `SOAR admin key '${k.name}': ${k.jwksFile} is not JSON`, 'expected a JWKS: {"keys": [...]}');
+      continue;
+    }
+    const list = (parsed as { keys?: unknown } | null)?.keys;
+    if (!Array.isArray(list) || list.length === 0) {
+      issue('soar_admin_jwks_invalid', `SOAR admin key '${k.name}': ${k.jwksFile} is not a JWKS with at least one key`, 'expected {"keys": [...]}');
+      continue;
+    }
+    for (const [j, raw] of list.entries()) {
+      const jwk = raw as JWK;
+      if (!jwk || typeof jwk !== 'object') {
+        issue('soar_admin_jwks_invalid', `SOAR admin key '${k.name}': keys[${j}] is not an object`);
+        continue;
+      }
+      if ('d' in jwk || 'p' in jwk || 'k' in jwk) {
+        issue('soar_admin_jwks_private', `SOAR admin key '${k.name}': keys[${j}] holds private or secret key material`, 'configure only the SOAR platform\'s public keys; the private ones stay with it');
+        continue;
+      }
+      const okp = jwk.kty === 'OKP' && jwk.crv === 'Ed25519' && (jwk.alg === undefined || jwk.alg === 'EdDSA' || jwk.alg === 'Ed25519');
+      const ec = jwk.kty === 'EC' && jwk.crv === 'P-256' && (jwk.alg === undefined || jwk.alg === 'ES256');
+      if (!okp && !ec) {
+        issue('soar_admin_jwks_invalid', `SOAR admin key '${k.name}': keys[${j}] is not an Ed25519 or P-256 key (kty ${String(jwk.kty)}, crv ${String(jwk.crv)})`);
+        continue;
+      }
+      if (typeof jwk.kid !== 'string' || !jwk.kid || jwk.kid.length > 256) {
+        issue('soar_admin_jwks_invalid', `SOAR admin key '${k.name}': keys[${j}] has no kid`, 'every admin key needs a kid (requests name it in their header)');
+        continue;
+      }
+      try {
+        createPublicKey({ key: jwk as import('node:crypto').JsonWebKey, format: 'jwk' });
+      } catch {
+        issue('soar_admin_jwks_invalid', `SOAR admin key '${k.name}': keys[${j}] (kid ${jwk.kid}) is not a valid public key`);
+        continue;
+      }
+      const other = keyNames.get(jwk.kid);
+      if (other !== undefined) {
+        issue('soar_admin_kid_duplicate', `SOAR admin key '${k.name}': kid ${jwk.kid} is also in key '${other}'`, 'kids must be unique across soar.admin.keys');
+        continue;
+      }
+      keyNames.set(jwk.kid, k.name);
+      const pub: JWK = { kty: jwk.kty, crv: jwk.crv, x: jwk.x, ...(jwk.y !== undefined ? { y: jwk.y } : {}), kid: jwk.kid, ...(jwk.alg ? { alg: jwk.alg } : {}) };
+      keys.push(pub);
+    }
+  }
+  if (issues.length) throw new PolicyError('policy_invalid', issues);
+  return { audience: admin.audience, jwks: { keys }, keyNames };
 }

@@ -105,6 +105,34 @@ describe('compile', () => {
     }
   });
 
+  it('soar.admin: key files resolve against the policy directory, keys sort by name, the audience defaults; absent → no admin in the IR', () => {
+    const head = 'apiVersion: portcullis/v1\nkind: Policy\ndeployment: { workloadTrustProfile: trusted_operator, runtime: gvisor }\n';
+    const ir = compileText(`${head}soar:\n  admin:\n    keys:\n      - { name: zeta, jwksFile: keys/z.json }\n      - { name: alpha, jwksFile: /abs/a.json }\n`, { file: 'p.yaml', baseDir: '/srv/pc' });
+    expect(ir.soar.admin).toEqual({
+      audience: 'portcullis-admin',
+      keys: [
+        { name: 'alpha', jwksFile: '/abs/a.json', source: { file: 'p.yaml', line: 8 } },
+        { name: 'zeta', jwksFile: '/srv/pc/keys/z.json', source: { file: 'p.yaml', line: 7 } },
+      ],
+    });
+    expect(compileText(head, { file: 'p.yaml' }).soar).toEqual({ webhooks: [] });
+  });
+  it('soar.admin errors carry stable codes and lines', () => {
+    const head = 'apiVersion: portcullis/v1\nkind: Policy\ndeployment: { workloadTrustProfile: trusted_operator, runtime: gvisor }\n';
+    const issues = (text: string) => {
+      try {
+        compileText(head + text, { file: 'p.yaml' });
+      } catch (e) {
+        return (e as PolicyError).issues.map((i) => [i.code, i.path, i.line]);
+      }
+      return [];
+    };
+    expect(issues('soar:\n  admin: { keys: [] }\n')).toEqual([['out_of_range', 'soar.admin.keys', 5]]);
+    expect(issues('soar:\n  admin: { keys: [{ name: a, jwksFile: "" }] }\n')).toEqual([['out_of_range', 'soar.admin.keys[0].jwksFile', 5]]);
+    expect(issues('soar:\n  admin: { audience: "", keys: [{ name: a, jwksFile: x }] }\n')).toEqual([['out_of_range', 'soar.admin.audience', 5]]);
+    expect(issues('soar:\n  admin:\n    keys:\n      - { name: a, jwksFile: x }\n      - { name: a, jwksFile: y }\n')[0]).toEqual(['duplicate_soar_admin_key', 'soar.admin.keys[1].name', 8]);
+    expect(issues('soar:\n  admin: { keys: [{ name: a, jwksFile: x, kid: k }] }\n')[0]?.[0]).toBe('unknown_key');
+  });
   it('throws PolicyError for an invalid policy', () => {
     expect(() => compileText('apiVersion: portcullis/v1\nkind: Policy\n', { file: 'p.yaml' })).toThrow(PolicyError);
   });
@@ -180,6 +208,14 @@ describe('validateIr', () => {
   it('refuses relative paths', () => {
     const ir = good();
     ir.audit.file = 'audit.jsonl';
+    expect(codes(ir)).toEqual(['ir_schema']);
+  });
+  it('refuses unsorted SOAR admin keys and a relative admin JWKS path', () => {
+    const ir = good();
+    const k = ir.soar.admin!.keys[0]!;
+    ir.soar.admin!.keys = [{ ...k, name: 'zz' }, { ...k, name: 'aa' }];
+    expect(codes(ir)).toEqual(['ir_unsorted']);
+    ir.soar.admin!.keys = [{ ...k, jwksFile: 'rel.json' }];
     expect(codes(ir)).toEqual(['ir_schema']);
   });
 });

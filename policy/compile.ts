@@ -173,6 +173,16 @@ export function compile(policy: Policy, source: PolicySource): Ir {
       absoluteLifetimeSeconds: must(parseDuration(policy.sessions.absoluteLifetime), 'absoluteLifetime'),
     },
     soar: {
+      ...(policy.soar.admin
+        ? {
+            admin: {
+              audience: policy.soar.admin.audience,
+              keys: policy.soar.admin.keys
+                .map((k, i) => ({ name: k.name, jwksFile: abs(k.jwksFile), source: src(['soar', 'admin', 'keys', i]) }))
+                .sort((a, b) => cmp(a.name, b.name)),
+            },
+          }
+        : {}),
       webhooks: policy.soar.webhooks.map((w) => ({ url: w.url, signingKeyFile: abs(w.signingKey.file) })).sort((a, b) => cmp(a.url, b.url)),
     },
     audit: { file: abs(policy.audit.file) },

@@ -27,6 +27,21 @@ sessions: { tokenTtl: 15m, idleTimeout: 15m }
 `;
 
 describe('diffIr', () => {
+  it('reports a SOAR admin trust change (keys, audience), not a moved key entry', () => {
+    const a = 'soar:\n  admin:\n    keys:\n      - { name: x, jwksFile: x.json }\n      - { name: y, jwksFile: y.json }\n';
+    const moved = 'soar:\n  admin:\n    keys:\n      - { name: y, jwksFile: y.json }\n      - { name: x, jwksFile: x.json }\n';
+    expect(isEmptyDiff(diffIr(ir(a), ir(moved)))).toBe(true);
+    const d = diffIr(ir(a), ir('soar:\n  admin:\n    audience: other\n    keys:\n      - { name: x, jwksFile: x.json }\n'));
+    expect(d.other).toEqual([
+      {
+        field: 'soar.admin',
+        from: { audience: 'portcullis-admin', keys: [{ name: 'x', jwksFile: '/etc/portcullis/x.json' }, { name: 'y', jwksFile: '/etc/portcullis/y.json' }] },
+        to: { audience: 'other', keys: [{ name: 'x', jwksFile: '/etc/portcullis/x.json' }] },
+      },
+    ]);
+    expect(diffIr(ir(a), ir('')).other.map((o) => [o.field, o.to])).toEqual([['soar.admin', null]]);
+  });
+
   it('is empty for the same policy, even with rules moved', () => {
     const moved = OLD.replace('    - host: old.example.com\n    - host: "*.example.org"\n', '    - host: "*.example.org"\n    - host: old.example.com\n');
     const d = diffIr(ir(OLD), ir(moved, 'q.yaml'));

@@ -155,7 +155,9 @@ export function diffIr(oldIr: Ir, newIr: Ir): PolicyDiff {
   if (!same(oldIr.mcp.auth, newIr.mcp.auth)) d.mcp.push({ field: 'mcp.auth', from: oldIr.mcp.auth, to: newIr.mcp.auth });
   fields(d.mcp, 'mcp.limits', oldIr.mcp.limits, newIr.mcp.limits);
   fields(d.deployment, 'deployment', oldIr.deployment, newIr.deployment);
-  if (!same(oldIr.soar, newIr.soar)) d.other.push({ field: 'soar.webhooks', from: oldIr.soar.webhooks, to: newIr.soar.webhooks });
+  if (!same(oldIr.soar.webhooks, newIr.soar.webhooks)) d.other.push({ field: 'soar.webhooks', from: oldIr.soar.webhooks, to: newIr.soar.webhooks });
+  const adminView = (a: Ir['soar']['admin']) => (a ? { audience: a.audience, keys: a.keys.map((k) => ({ name: k.name, jwksFile: k.jwksFile })) } : null);
+  if (!same(adminView(oldIr.soar.admin), adminView(newIr.soar.admin))) d.other.push({ field: 'soar.admin', from: adminView(oldIr.soar.admin), to: adminView(newIr.soar.admin) });
   if (!same(oldIr.audit, newIr.audit)) d.other.push({ field: 'audit.file', from: oldIr.audit.file, to: newIr.audit.file });
   return d;
 }

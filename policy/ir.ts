@@ -42,6 +42,13 @@ export const IrSourceSchema = z.strictObject({
 
 export const IrRungSchema = z.enum(RUNGS);
 
+/** A SOAR admin key set: its name, its JWKS file (absolute), where the policy names it. */
+export const IrSoarAdminKeySchema = z.strictObject({
+  name: z.string().min(1),
+  jwksFile: AbsPath,
+  source: IrSourceSchema,
+});
+
 export const IrCredentialSourceSchema = z.discriminatedUnion('kind', [
   z.strictObject({ kind: z.literal('file'), path: AbsPath }),
   z.strictObject({ kind: z.literal('sds'), server: z.string().min(1), name: z.string().min(1) }),
@@ -168,6 +175,14 @@ export const IrSchema = z.strictObject({
     absoluteLifetimeSeconds: z.number().int().min(1),
   }),
   soar: z.strictObject({
+    /** the SOAR admin API's trust; absent: the admin API is off */
+    admin: z
+      .strictObject({
+        audience: z.string().min(1),
+        /** sorted by name, unique; the files are read at the edge (operator plane), not here */
+        keys: z.array(IrSoarAdminKeySchema).min(1),
+      })
+      .optional(),
     /** sorted by url */
     webhooks: z.array(z.strictObject({ url: z.url(), signingKeyFile: AbsPath })),
   }),
@@ -181,6 +196,7 @@ export type IrStorageBackend = z.infer<typeof IrStorageBackendSchema>;
 export type IrToolRule = z.infer<typeof IrToolRuleSchema>;
 export type IrToolArgument = z.infer<typeof IrToolArgumentSchema>;
 export type IrSource = z.infer<typeof IrSourceSchema>;
+export type IrSoarAdminKey = z.infer<typeof IrSoarAdminKeySchema>;
 export type IrRung = z.infer<typeof IrRungSchema>;
 
 export const IR_ERROR_CODES = [
@@ -307,6 +323,7 @@ export function validateIr(input: unknown): IrError[] {
   });
   if (ir.mcp.auth.mode === 'oidc' && !sortedUnique(ir.mcp.auth.audiences, cmp)) add('ir_unsorted', ['mcp', 'auth', 'audiences'], 'audiences must be sorted and unique');
   if (!sortedUnique(ir.soar.webhooks.map((w) => w.url), cmp)) add('ir_unsorted', ['soar', 'webhooks'], 'webhooks must be sorted by url, unique');
+  if (ir.soar.admin && !sortedUnique(ir.soar.admin.keys.map((k) => k.name), cmp)) add('ir_unsorted', ['soar', 'admin', 'keys'], 'admin keys must be sorted by name, unique');
   return errs;
 }
 

@@ -471,8 +471,44 @@ export const SessionsSchema = z
   })
   .describe('Session bounds. Larger values are refused.');
 
+/** The audience a SOAR admin request must be addressed to unless the policy names another. */
+export const SOAR_ADMIN_DEFAULT_AUDIENCE = 'portcullis-admin';
+
+export const SoarAdminKeySchema = z
+  .strictObject({
+    name: Name.describe('Name of this SOAR key (recorded with every request it signs).'),
+    jwksFile: FilePath.describe(
+      'JWKS file with the SOAR platform\'s PUBLIC keys (Ed25519 or P-256, each with a kid). Re-read when the policy is applied and every few seconds; an unreadable or invalid file is a policy error.',
+    ),
+  })
+  .describe('One trusted SOAR key set.');
+
+export const SoarAdminSchema = z
+  .strictObject({
+    audience: z
+      .string({ error: 'expected the admin audience' })
+      .min(1, { error: 'audience is empty' })
+      .max(256, { error: 'audience is longer than 256 characters' })
+      .default(SOAR_ADMIN_DEFAULT_AUDIENCE)
+      .describe(`The aud every admin request must carry; default ${SOAR_ADMIN_DEFAULT_AUDIENCE}.`),
+    keys: z
+      .array(SoarAdminKeySchema)
+      .min(1, { error: 'soar.admin needs at least one key; remove soar.admin to turn the admin API off' })
+      .describe('Public keys whose signatures the admin API accepts.'),
+  })
+  .superRefine((a, ctx) => {
+    const seen = new Map<string, number>();
+    a.keys.forEach((k, i) => {
+      const first = seen.get(k.name);
+      if (first !== undefined) fail(ctx, `duplicate SOAR admin key name '${k.name}' (also keys[${first}])`, 'duplicate_soar_admin_key', 'give every key a distinct name', ['keys', i, 'name']);
+      else seen.set(k.name, i);
+    });
+  })
+  .describe('The SOAR admin API (inbound quarantine / kill / revoke, each request a signed JWT). Absent: the admin API is off.');
+
 export const SoarSchema = z
   .strictObject({
+    admin: SoarAdminSchema.optional(),
     webhooks: z
       .array(
         z.strictObject({
@@ -511,6 +547,7 @@ export type AllowRule = z.output<typeof AllowRuleSchema>;
 export type Credential = z.output<typeof CredentialSchema>;
 export type ToolRule = z.output<typeof ToolRuleSchema>;
 export type ArgumentPredicate = z.output<typeof ArgumentPredicateSchema>;
+export type SoarAdmin = z.output<typeof SoarAdminSchema>;
 
 // ---------------------------------------------------------------------------------------------
 // Cross-field rules

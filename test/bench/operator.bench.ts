@@ -13,6 +13,12 @@
  *    the wall-clock time the byte that crosses the budget left it; the delay is from there to the
  *    `exfil.tripped` event. Bounded by Envoy's access-log flush interval for long
  *    streams (HCM access_log_flush_interval, 5 s in the translator) plus the ALS buffer (0.5 s).
+ * 3. Kill latency with the REAL supervisor (needs docker + runsc; results in
+ *    test/bench/results/operator-kill-real.json; `OPERATOR_BENCH_ONLY=real` runs only this part):
+ *    gVisor sandboxes made through the MCP gateway, each killed over the operator socket while an
+ *    MCP session runs tools and 4 CONNECT workers use its egress token (a modest load for 2 cores).
+ *    The kill call includes the real ordered teardown (revoke → network → scrub → kill → remove);
+ *    the edge number stops when the next request in the victim's open bump tunnel is refused.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -175,7 +181,87 @@ async function tripRound(s: OperatorStack, n: number): Promise<{ delays: number[
   return { delays, detail };
 }
 
+const REAL_KILLS = Number(process.env.OPERATOR_BENCH_REAL_KILLS ?? 12);
+
+async function realSupervisorKills(): Promise<void> {
+  const gate = checkPrereqs(['envoy', 'docker', 'runsc', 'root', 'netns']);
+  if (!gate.ok) {
+    log(`real supervisor kills skipped, missing: ${gate.missing.join('; ')}`);
+    return;
+  }
+  const s = await startOperatorStack({
+    tripwire: { bytesPerSession: '256Mi', distinctDestinations: 1000, window: '10m', onTrip: 'alert' },
+    maxTunnelSeconds: 30,
+    realSupervisor: { instanceId: 'operator-bench-real' },
+  });
+  const proxyToken = async (caller: string) => {
+    const mcp = await s.mcp(caller);
+    const r = (await mcp.client.callTool({ name: 'exec', arguments: { command: ['sh', '-c', 'printf %s "$HTTPS_PROXY"'], timeoutMs: 60_000 } })).structuredContent as { stdout?: string };
+    if (!r?.stdout) throw new Error(`no sandbox for ${caller}: ${JSON.stringify(r)}`);
+    const id = s.sandbox.listSessions().find((x) => x.owner === caller && x.state === 'ready')!.sessionId;
+    return { mcp, id, token: decodeURIComponent(new URL(r.stdout).password) };
+  };
+  const call: number[] = [];
+  const edge: number[] = [];
+  const revoke: number[] = [];
+  const create: number[] = [];
+  try {
+    const load = await proxyToken('bench-load');
+    let stop = false;
+    let tools = 0;
+    const loop = (async () => {
+      while (!stop) {
+        await load.mcp.client.callTool({ name: 'exec', arguments: { command: ['true'] } }).then(
+          () => tools++,
+          () => undefined,
+        );
+      }
+    })();
+    const flood = floodConnect(s.tn.rootIp, s.egressPort, load.token, `sink.test:${PORT}`, 4);
+    const t0 = Date.now();
+    for (let i = 0; i < REAL_KILLS; i++) {
+      const c0 = performance.now();
+      const v = await proxyToken(`bench-victim-${i}`);
+      create.push(performance.now() - c0);
+      const tunnel = await s.tunnel(v.token);
+      try {
+        if ((await tunnel.get(`/rb-${i}`, 'Bearer guest')).status !== 200) throw new Error('tunnel setup failed');
+        const k0 = performance.now();
+        const r = await s.client.request<{ result: KillResult }>('POST', `/v1/sessions/${v.id}/kill`, {});
+        call.push(performance.now() - k0);
+        const refused = await tunnel.get(`/ra-${i}`, 'Bearer guest');
+        edge.push(performance.now() - k0);
+        if (r.status !== 200 || r.body.result.sandbox !== 'destroyed' || refused.status !== 403) throw new Error(`kill ${i}: ${r.status} ${JSON.stringify(refused)}`);
+        revoke.push(r.body.result.revokeMs);
+      } finally {
+        tunnel.close();
+        await v.mcp.close();
+      }
+    }
+    const secs = (Date.now() - t0) / 1000;
+    stop = true;
+    await loop;
+    const connects = await flood.stop();
+    await load.mcp.close();
+    log(`real supervisor: kill call ${JSON.stringify(summarize(call))}; edge ${JSON.stringify(summarize(edge))}; revoke ${JSON.stringify(summarize(revoke))}`);
+    const file = writeResult('operator-kill-real', {
+      method:
+        'gVisor sandbox made through the MCP gateway; operator socket POST /v1/sessions/:id/kill (revoke at every enforcer, then the supervisor\'s ordered teardown); edge = until the next request in the victim\'s open bump tunnel is refused',
+      kills: REAL_KILLS,
+      killCallMs: summarize(call),
+      edgeMs: summarize(edge),
+      revokeInsideMs: summarize(revoke),
+      sandboxCreateViaMcpMs: summarize(create),
+      load: { mcpToolCallsPerSec: Math.round(tools / secs), connectsPerSec: Math.round(connects / secs), connectConcurrency: 4 },
+    });
+    log(`wrote ${file}`);
+  } finally {
+    await s.close();
+  }
+}
+
 async function main(): Promise<void> {
+  if (process.env.OPERATOR_BENCH_ONLY === 'real') return realSupervisorKills();
   const gate = checkPrereqs(['envoy', 'root', 'netns']);
   const decision = await decisionLevel(2000);
   log(`ext_authz decision after kill (no Envoy): ${JSON.stringify(decision)}`);
@@ -248,6 +334,7 @@ async function main(): Promise<void> {
   } finally {
     await s.close();
   }
+  await realSupervisorKills();
 }
 
 main().then(

@@ -36,6 +36,9 @@ describe.skipIf(!gate.ok)('operator plane and the MCP ingress', () => {
       ir,
       controlPlane: stack.cp,
       supervisor: sandbox,
+      // the gateway enforces the denylist on MCP sessions, and kill-all reaches its sessions
+      revokers: [stack.gateway.revoker()],
+      sessionSources: [() => stack.gateway.liveSessions()],
       tcp: { port: 0, token: 'o'.repeat(48) },
       tripwire: { sweepEveryMs: 0 },
     });
@@ -82,7 +85,7 @@ describe.skipIf(!gate.ok)('operator plane and the MCP ingress', () => {
     expect(tcpRequests()).toBe(before);
   });
 
-  it('a killed session\'s MCP calls are refused through Envoy, and no new sandbox is made for it silently', async () => {
+  it('a killed session\'s MCP calls are refused through Envoy with session_revoked, never reach the sandbox, and no new sandbox is made for it silently; the caller may open a new session', async () => {
     const c = await stack.client(await stack.token('bob'));
     try {
       const ok = await c.client.callTool({ name: 'exec', arguments: { command: ['echo', 'hi'] } });
@@ -90,12 +93,51 @@ describe.skipIf(!gate.ok)('operator plane and the MCP ingress', () => {
       const sid = sandbox.listSessions().find((x) => x.owner === 'bob')!.sessionId;
       const r = await client.request('POST', `/v1/sessions/${sid}/kill`, {});
       expect(r.status).toBe(200);
-      const created = sandbox.calls.filter((x) => x.op === 'createSession').length;
-      const refused = await c.client.callTool({ name: 'exec', arguments: { command: ['echo', 'again'] } });
-      expect(refused.structuredContent).toMatchObject({ error: { reason: expect.stringMatching(/^session_(expired|revoked)$/) } });
-      expect(sandbox.calls.filter((x) => x.op === 'createSession').length).toBe(created);
+      const calls = sandbox.calls.length;
+      await expect(c.client.callTool({ name: 'exec', arguments: { command: ['echo', 'again'] } })).rejects.toThrow(/session_revoked/);
+      // the raw answer through Envoy: 403, the stable reason in the header and in the JSON-RPC error
+      const raw = await httpRequest(stack.url, {
+        method: 'POST',
+        headers: {
+          authorization: `Bearer ${await stack.token('bob')}`,
+          'content-type': 'application/json',
+          accept: 'application/json, text/event-stream',
+          'mcp-session-id': c.transport.sessionId!,
+          'mcp-protocol-version': '2025-06-18',
+        },
+        body: JSON.stringify({ jsonrpc: '2.0', id: 3, method: 'tools/call', params: { name: 'exec', arguments: { command: ['true'] } } }),
+      });
+      expect(raw.status).toBe(403);
+      expect(raw.headers['x-deny-reason']).toBe('session_revoked');
+      expect(JSON.parse(raw.body)).toMatchObject({ id: 3, error: { data: { reason: 'session_revoked' } } });
+      expect(sandbox.calls.length).toBe(calls);
     } finally {
       await c.close();
+    }
+    // killing one session does not ban the caller
+    const again = await stack.client(await stack.token('bob'));
+    try {
+      expect((await again.client.callTool({ name: 'exec', arguments: { command: ['echo', 'new'] } })).structuredContent).toMatchObject({ stdout: 'new\n' });
+    } finally {
+      await again.close();
+    }
+  });
+
+  it('kill-all refuses every current MCP session, including one that has no sandbox yet', async () => {
+    const a = await stack.client(await stack.token('carol'));
+    const b = await stack.client(await stack.token('dave'));
+    try {
+      await a.client.callTool({ name: 'exec', arguments: { command: ['true'] } });
+      await b.client.listTools(); // no sandbox
+      const r = await client.request<{ result: { sessions: { sessionId: string }[] } }>('POST', '/v1/kill-all', {});
+      expect(r.status).toBe(200);
+      expect(r.body.result.sessions.map((x) => x.sessionId)).toEqual(expect.arrayContaining([expect.stringMatching(/^mcp:/)]));
+      const creates = sandbox.calls.filter((x) => x.op === 'createSession').length;
+      for (const c of [a, b]) await expect(c.client.callTool({ name: 'exec', arguments: { command: ['true'] } })).rejects.toThrow(/session_revoked/);
+      expect(sandbox.calls.filter((x) => x.op === 'createSession').length).toBe(creates);
+    } finally {
+      await a.close();
+      await b.close();
     }
   });
 });

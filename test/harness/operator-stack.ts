@@ -20,6 +20,12 @@ import { XDS_CLUSTER_NAME } from '../../envoy/bootstrap.js';
 import { XDS } from '../../envoy/api/type-urls.js';
 import { AuditWriter } from '../../audit/writer.js';
 import { MemorySandbox } from '../../mcp/testkit.js';
+import { CALLER_HEADER, McpGateway, type GatewaySandbox } from '../../mcp/gateway.js';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { EventBus } from '../../common/events.js';
+import { Supervisor } from '../../sandbox/supervisor.js';
+import type { OperatorSandbox } from '../../operator/kill.js';
 import { startOperatorPlane, type OperatorPlane } from '../../operator/index.js';
 import { OperatorClient } from '../../operator/client.js';
 import { startReceiver, type TestReceiver } from '../../operator/testkit.js';
@@ -27,9 +33,13 @@ import { startReceiver, type TestReceiver } from '../../operator/testkit.js';
 /**
  * The operator plane wired as `portcullis up` will wire it, around a real Envoy: control plane with
  * sessions required at every rung (ext_authz on transparent tunnels too), deployment CA (minter),
- * a real audit log, the in-memory SandboxService standing in for the supervisor, a SOAR receiver on
- * loopback. Guests are curl / python clients in a test network namespace; upstreams are TLS servers
- * on 198.51.100.0/24 (`sink.test` transparent, `api.bump.test` bump with an injected credential).
+ * a real audit log, the in-memory SandboxService standing in for the supervisor (or, with
+ * `realSupervisor`, the real one: Docker + gVisor, its session keys verifying the egress tokens),
+ * the MCP gateway (on loopback; it trusts the caller header, as behind Envoy's ingress) registered
+ * as a denylist enforcer and a kill-all session source, a SOAR receiver on loopback. Guests are
+ * curl / python clients in a test network namespace (or, with the real supervisor, gVisor
+ * sandboxes reaching the egress listener at their network's gateway); upstreams are TLS servers on
+ * 198.51.100.0/24 (`sink.test` transparent, `api.bump.test` bump with an injected credential).
  */
 
 export const PORT = 8443;
@@ -38,6 +48,20 @@ export interface OperatorStackOptions {
   tripwire: { bytesPerSession: string; distinctDestinations: number; window: string; onTrip: 'alert' | 'kill' };
   maxTunnelSeconds: number;
   operatorTcp?: boolean;
+  /**
+   * The real supervisor (Docker + runsc) instead of the in-memory one. The egress listener then
+   * binds 0.0.0.0 (sandboxes reach it at their network's gateway address). Use an instanceId of
+   * your own: its containers carry it as a label.
+   */
+  realSupervisor?: { instanceId: string; image?: string };
+}
+
+export type StackSandbox = GatewaySandbox & OperatorSandbox & Pick<MemorySandbox, 'listSessions' | 'getSession' | 'createSession'>;
+
+export interface McpTestClient {
+  client: Client;
+  transport: StreamableHTTPClientTransport;
+  close(): Promise<void>;
 }
 
 export interface CurlResult {
@@ -62,7 +86,16 @@ export interface OperatorStack {
   cp: ControlPlane;
   envoy: EnvoyProcess;
   plane: OperatorPlane;
-  sandbox: MemorySandbox;
+  /** the in-memory supervisor, or the real one (`realSupervisor`) */
+  sandbox: StackSandbox;
+  /** the real supervisor when `realSupervisor` was asked for */
+  supervisor?: Supervisor;
+  /** supervisor events (sandbox.* and session.*) */
+  sandboxEvents: EventBus;
+  /** the MCP gateway, revoked through the denylist like the egress edge */
+  gateway: McpGateway;
+  /** an MCP client of the gateway as `caller` */
+  mcp(caller: string): Promise<McpTestClient>;
   sessions: JwtSessions;
   receiver: TestReceiver;
   audit: AuditWriter;
@@ -122,6 +155,10 @@ export async function startOperatorStack(o: OperatorStackOptions): Promise<Opera
         `    - { host: api.bump.test, ports: [${PORT}], rung: bump, credential: upstream-key }`,
         '  credentials:',
         `    - { name: upstream-key, header: authorization, format: "Bearer {secret}", source: { file: ${keyFile} } }`,
+        'mcp:',
+        '  tools:',
+        '    rules:',
+        '      - { callers: ["*"], tools: [exec, read_file, write_file, list_files, egress_policy], effect: allow }',
         'soar:',
         '  webhooks:',
         `    - { url: "${receiver.url}", signingKey: { file: ${path.join(tmp, 'keys', 'soar-signing.jwk')} } }`,
@@ -131,9 +168,31 @@ export async function startOperatorStack(o: OperatorStackOptions): Promise<Opera
       { file: 'operator-e2e.yaml', baseDir: tmp },
     );
 
+    const egressPort = await freePort();
+    const sandboxEvents = new EventBus();
+    let supervisor: Supervisor | undefined;
+    if (o.realSupervisor) {
+      const sup = new Supervisor({
+        config: {
+          instanceId: o.realSupervisor.instanceId,
+          trustProfile: 'trusted_operator',
+          runtime: 'gvisor',
+          image: o.realSupervisor.image ?? process.env.PORTCULLIS_SANDBOX_IMAGE ?? 'portcullis-sandbox:0.1.0',
+          sessions: { tokenTtlSeconds: 900, idleTimeoutSeconds: 900, absoluteLifetimeSeconds: 3600 },
+          egress: { port: egressPort },
+          stateDir: path.join(tmp, 'supervisor'),
+        },
+        logger: silentLogger(),
+        events: sandboxEvents,
+      });
+      await sup.start();
+      supervisor = sup;
+      cleanups.push(() => sup.stop());
+    }
     const kp = await generateKeyPair('EdDSA', { crv: 'Ed25519' });
     const jwk: JWK = { ...(await exportJWK(kp.publicKey)), kid: 'k1', alg: 'EdDSA' };
-    const sessions = new JwtSessions({ jwks: () => ({ keys: [jwk] }) });
+    // test tokens (k1) and, with the real supervisor, the supervisor's session keys
+    const sessions = new JwtSessions({ jwks: () => ({ keys: [jwk, ...((supervisor?.jwks().keys ?? []) as JWK[])] }) });
     const token = (sid: string, expSec = 600) =>
       new SignJWT({ sid })
         .setProtectedHeader({ alg: 'EdDSA', kid: 'k1' })
@@ -149,14 +208,13 @@ export async function startOperatorStack(o: OperatorStackOptions): Promise<Opera
     const audit = await AuditWriter.open({ dataDir, logger: silentLogger() });
     cleanups.push(() => audit.close());
 
-    const egressPort = await freePort();
     const nodeId = uniqueNodeId('operator');
     const cp = new ControlPlane({
       logger: silentLogger(),
       nodeKey: nodeId,
       translate: {
         egress: {
-          listen: { address: tn.rootIp, port: egressPort },
+          listen: { address: supervisor ? '0.0.0.0' : tn.rootIp, port: egressPort },
           dnsResolvers: [`${tn.host('dns').ip}:53`],
           accessLogCluster: XDS_CLUSTER_NAME,
           bump: { controlPlaneCluster: XDS_CLUSTER_NAME },
@@ -171,7 +229,10 @@ export async function startOperatorStack(o: OperatorStackOptions): Promise<Opera
     await cp.listen();
     const snap = cp.apply(ir, { immediate: true });
 
-    const sandbox = new MemorySandbox();
+    const sandbox: StackSandbox = supervisor ?? new MemorySandbox();
+    // the MCP gateway: a denylist enforcer and a kill-all session source, as `portcullis up` wires it
+    const gateway = await McpGateway.start({ sandbox, policy: () => ir, logger: silentLogger(), events: sandboxEvents });
+    cleanups.push(() => gateway.close());
     const envoyHolder: { envoy?: EnvoyProcess } = {};
     const plane = await startOperatorPlane({
       dataDir,
@@ -181,7 +242,8 @@ export async function startOperatorStack(o: OperatorStackOptions): Promise<Opera
       audit,
       ir,
       controlPlane: cp,
-      revokers: [sessions],
+      revokers: [sessions, gateway.revoker()],
+      sessionSources: [() => gateway.liveSessions()],
       supervisor: sandbox,
       minter,
       ...(o.operatorTcp ? { tcp: { port: 0, token: 't'.repeat(48) } } : {}),
@@ -219,6 +281,22 @@ export async function startOperatorStack(o: OperatorStackOptions): Promise<Opera
       envoy,
       plane,
       sandbox,
+      ...(supervisor ? { supervisor } : {}),
+      sandboxEvents,
+      gateway,
+      async mcp(caller) {
+        const client = new Client({ name: 'operator-e2e', version: '1.0.0' });
+        const transport = new StreamableHTTPClientTransport(new URL(`http://${gateway.address}/mcp`), { requestInit: { headers: { [CALLER_HEADER]: caller } } });
+        await client.connect(transport);
+        return {
+          client,
+          transport,
+          close: async () => {
+            await transport.terminateSession().catch(() => undefined);
+            await client.close().catch(() => undefined);
+          },
+        };
+      },
       sessions,
       receiver,
       audit,
