@@ -10,7 +10,8 @@
  *
  * Every request is answered with JSON `{ name, method, url, httpVersion, headers, sni, tlsVersion, alpn,
  * clientCert, remoteAddress, bodyBytes, body }`. Paths: `/bytes/N` answers N bytes instead;
- * `?status=NNN` sets the status code.
+ * `?status=NNN` sets the status code; `?delay=MS` answers after MS milliseconds (≤ 10 s: an endpoint that
+ * takes time to answer, for latency benchmarks).
  *
  * stdout: one JSON line per event — `listening`, `connection`, `tls` (handshake done), `tlsError`,
  * `request`, `close`. The process exits on SIGTERM/SIGINT and when its stdin closes (its parent died).
@@ -122,8 +123,13 @@ function main(): void {
         return;
       }
       const body = JSON.stringify(seen);
-      res.writeHead(status, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) });
-      res.end(body);
+      const answer = (): void => {
+        res.writeHead(status, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) });
+        res.end(body);
+      };
+      const delay = Math.min(Math.max(Number(u.searchParams.get('delay') ?? 0) || 0, 0), 10_000);
+      if (delay > 0) setTimeout(answer, delay);
+      else answer();
     });
   };
 
