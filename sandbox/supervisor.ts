@@ -421,6 +421,8 @@ export class Supervisor implements SandboxService {
   readonly [SUPERVISOR_TEST_HOOKS] = {
     agentOf: (sandboxId: string): AgentClient | undefined => this.sandboxes.get(sandboxId)?.agent,
     pooled: (): SandboxDescription[] => this.pool.map((sb) => this.describeSandbox(sb)).filter((d): d is SandboxDescription => d !== undefined),
+    /** failure injection: the host firewall the supervisor drives */
+    firewall: (): Firewall => this.firewall,
   };
 
   // -------------------------------------------------------------------------------------------
@@ -748,11 +750,16 @@ export class Supervisor implements SandboxService {
       sb.network = await createSessionNetwork(this.docker, { instanceId: c.instanceId, sandboxId, labels });
       const env = baseSandboxEnv({ hasDeploymentCa: this.caFiles !== undefined });
       const spec = buildContainerSpec({ cfg: c, kind, sandboxId, networkName: sb.network.name, env, pooled, ...(this.caFiles ? { caFiles: this.caFiles } : {}) });
-      const [, container] = await Promise.all([
+      // both settle before going on: if one fails while the other is still in flight, the container
+      // it made must be known to the teardown, or it would be left behind in "Created" state
+      const [fw, made] = await Promise.allSettled([
         this.firewall.allowSandbox({ sandboxId, bridge: sb.network.bridge, gateway: sb.network.gateway }),
         this.docker.createContainer(spec),
       ]);
-      sb.containerId = container.id;
+      if (made.status === 'fulfilled') sb.containerId = made.value.id;
+      if (fw.status === 'rejected') throw fw.reason;
+      if (made.status === 'rejected') throw made.reason;
+      const container = made.value;
       this.emit('sandbox.created', 'info', { sandboxId, containerId: container.id, runtime: kind, pooled, subnet: sb.network.subnet });
       // The runtime the container really got (before anything runs in it).
       const expected = this.dockerRuntimeName(kind);

@@ -416,4 +416,30 @@ describe.skipIf(!gate.ok || !image)('admission matrix, all 9 cells (NFR-SEC-38, 
       await sup.stop();
     }
   });
+
+  it('a create that fails while the container is still being made leaves no container behind', async () => {
+    const inst = 'e2e-create-race';
+    instances.push(inst);
+    const sup = new Supervisor({ config: testConfig(inst), logger: silentLogger(), events: new EventBus() });
+    await sup.start();
+    try {
+      // the firewall step fails first, while Docker is still creating the container
+      const fw = sup[SUPERVISOR_TEST_HOOKS].firewall();
+      const real = fw.allowSandbox.bind(fw);
+      fw.allowSandbox = () => Promise.reject(new Error('injected: iptables-restore failed'));
+      try {
+        await expect(sup.createSession('x')).rejects.toThrow(/injected/);
+      } finally {
+        fw.allowSandbox = real;
+      }
+      // the teardown knew about the container and removed it (it would otherwise stay "Created")
+      await eventually(async () => (await inventory(inst)).containers.length === 0, 10_000, 'no container left');
+      expect(await inventory(inst)).toEqual({ containers: [], networks: [], rules: [] });
+      // and the supervisor still works
+      const ok = await sup.createSession('y');
+      await sup.destroySession(ok.sessionId, 'test');
+    } finally {
+      await sup.stop();
+    }
+  });
 });
