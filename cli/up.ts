@@ -261,8 +261,9 @@ export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSig
       controlPlane: cp,
       minter,
       supervisor,
-      // a killed or revoked session is refused at the egress edge and at the MCP gateway
-      revokers: [sessions, gateway.revoker()],
+      // a killed or revoked session is refused at the egress edge and at the MCP gateway, and its
+      // sandbox loses its egress path at once (open tunnels included)
+      revokers: [sessions, gateway.revoker(), supervisor],
       // kill-all also reaches MCP sessions that have no sandbox yet
       sessionSources: [() => gw.liveSessions()],
       envoyStats: () => (envoy ? envoy.admin.stats('grpc_access_log') : Promise.resolve({})),

@@ -119,6 +119,8 @@ interface SessionRecord {
   lifetimeTimer?: NodeJS.Timeout;
   inflight: number;
   destroying?: Promise<void>;
+  /** revoked: no new credential, no egress path (the sandbox itself still runs) */
+  egressRevoked?: boolean;
 }
 
 const SCRUB_PATHS = ['/workspace', '/tmp'];
@@ -369,6 +371,25 @@ export class Supervisor implements SandboxService {
     return rec.destroying;
   }
 
+  /**
+   * SessionRevoker (the operator denylist calls it on revoke, kill and tripwire): the session's
+   * credential is refused from now on and its egress path is dropped at once, so a tunnel already
+   * open through the egress listener carries no further packet (the edge's own check only refuses
+   * the next request or tunnel). The sandbox keeps running (exec and files still answer) until it
+   * is destroyed; a kill destroys it right after.
+   */
+  revoke(sessionId: string, reason = 'revoked'): void {
+    const rec = this.sessions.get(sessionId);
+    if (!rec || rec.egressRevoked) return;
+    rec.egressRevoked = true;
+    if (rec.rotateTimer) clearTimeout(rec.rotateTimer);
+    this.creds?.revoke(sessionId);
+    this.emit('session.credential_revoked', 'warning', { sandboxId: rec.sandbox.sandboxId, reason, egressDropped: true }, sessionId);
+    this.firewall.dropEgress(rec.sandbox.sandboxId).catch((e: unknown) => {
+      this.log.error({ err: (e as Error).message }, 'revoke: dropping the egress rule failed');
+    });
+  }
+
   /** Kill-switch short of destroy: credential revoked, network path dropped, sandbox frozen. */
   async quarantine(sessionId: string, reason: string): Promise<void> {
     const rec = this.sessions.get(sessionId);
@@ -462,6 +483,7 @@ export class Supervisor implements SandboxService {
 
   private async issueCredential(rec: SessionRecord, kind: 'issued' | 'rotated'): Promise<void> {
     const sb = rec.sandbox;
+    if (rec.egressRevoked) throw perr('session_revoked', 'the session was revoked', 'session revoked');
     if (!this.creds || !sb.agent || !sb.network || !sb.containerId) throw perr('sandbox_failed', 'sandbox not ready for a credential');
     const cred = await this.creds.mint(rec.info.sessionId, sb.containerId);
     await sb.agent.configure(proxyEnv(sb.network.gateway, this.config.egress.port, cred.token));

@@ -266,6 +266,46 @@ print(json.dumps(res))
     expect(chain).toMatch(/-i pcx\+ .*-j DROP/);
   });
 
+  it('revoke drops the egress path at once: a connection already open to the listener carries nothing more', async () => {
+    const c = await sup.createSession('carol');
+    const gw = sup.describe(c.sessionId)!.gateway;
+    // one keep-alive connection, a request every 100 ms for 6 s; prints when each answer came back
+    const script = [
+      'import socket, time, json',
+      `s = socket.create_connection(("${gw}", ${ports.egress!}), timeout=5)`,
+      's.settimeout(0.5)',
+      'ok = []',
+      'end = time.time() + 6',
+      'while time.time() < end:',
+      '    try:',
+      '        s.sendall(b"GET /tick HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")',
+      '        buf = b""',
+      '        while b"egress-listener-ok" not in buf:',
+      '            d = s.recv(4096)',
+      '            if not d: raise OSError("closed")',
+      '            buf += d',
+      '        ok.append(time.time())',
+      '    except OSError:',
+      '        pass',
+      '    time.sleep(0.1)',
+      'print(json.dumps(ok))',
+    ].join('\n');
+    const run = sup.exec(c.sessionId, { command: ['python3', '-c', script], timeoutMs: 30_000 });
+    await new Promise((r) => setTimeout(r, 2000));
+    const revokedAt = Date.now() / 1000;
+    sup.revoke(c.sessionId, 'revoked');
+    const r = await run;
+    expect(r.exitCode, r.stderr).toBe(0);
+    const answers = JSON.parse(r.stdout) as number[];
+    expect(answers.filter((t) => t < revokedAt).length).toBeGreaterThan(5);
+    // nothing answered later than a moment after the revoke (the rule removal itself takes a few ms)
+    expect(answers.filter((t) => t > revokedAt + 0.5)).toEqual([]);
+    // the sandbox itself still runs (exec answers), and it gets no new credential
+    expect((await sup.exec(c.sessionId, { command: ['true'] })).exitCode).toBe(0);
+    await expect(sup.rotateCredential(c.sessionId)).rejects.toMatchObject({ code: 'session_revoked' });
+    await sup.destroySession(c.sessionId, 'test');
+  });
+
   it('the firewall rules and the network go with the sandbox', async () => {
     const before = await inventory(INSTANCE);
     const tagged = (id: string) => before.rules.filter((r) => r.includes(id));
