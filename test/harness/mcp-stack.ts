@@ -46,6 +46,8 @@ export interface McpStackOptions {
   gateway?: Partial<Omit<GatewayOptions, 'sandbox' | 'policy' | 'logger'>>;
   concurrency?: number;
   maxStreamSeconds?: number;
+  /** oidc mode: the CA the IdP's JWKS endpoint is verified with (default: the system bundle) */
+  jwksCaFile?: string;
   /** the egress listener (default: 127.0.0.1, an ephemeral port, system resolver) */
   egress?: EgressOptions;
 }
@@ -70,6 +72,7 @@ export async function startMcpStack(o: McpStackOptions): Promise<McpStack> {
         gatewayOriginSecret: originSecret,
         listen: { address: '127.0.0.1', port: ingressPort! },
         ...(o.maxStreamSeconds ? { maxStreamSeconds: o.maxStreamSeconds } : {}),
+        ...(o.jwksCaFile ? { jwksCaFile: o.jwksCaFile } : {}),
       },
     },
   });
