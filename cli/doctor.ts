@@ -24,7 +24,8 @@ function run(cmd: string, args: string[], timeoutMs = 20_000): Promise<{ code: n
   });
 }
 
-function portFree(port: number, host = '127.0.0.1'): Promise<boolean> {
+/** Whether a TCP listener could bind host:port now. */
+export function portFree(port: number, host = '127.0.0.1'): Promise<boolean> {
   return new Promise((resolve) => {
     const s = net.createServer();
     s.once('error', () => resolve(false));

@@ -1,6 +1,5 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -30,7 +29,7 @@ import { grpcStaticCluster, publicUrlOf } from '../xds-server/translate/ingress.
 import { MCP_PATH } from '../mcp/headers.js';
 import { defaultDataDir } from './token.js';
 import { EXIT, Progress, type CliIo } from './io.js';
-import { PREREQS, SANDBOX_IMAGE_HINT } from './doctor.js';
+import { portFree, PREREQS, SANDBOX_IMAGE_HINT } from './doctor.js';
 
 export const UP_USAGE = `Usage: portcullis up [--policy FILE] [--data-dir DIR] [--mcp HOST:PORT] [--egress HOST:PORT]
                      [--dns IP:PORT]... [--sub NAME] [--ads sotw|delta] [--json]
@@ -369,14 +368,6 @@ function safeUserName(): string {
     /* no passwd entry */
   }
   return 'local-user';
-}
-
-function portFree(port: number, host: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const srv = net.createServer();
-    srv.once('error', () => resolve(false));
-    srv.listen(port, host, () => srv.close(() => resolve(true)));
-  });
 }
 
 async function waitHttp(url: string, timeoutMs: number): Promise<void> {

@@ -1,6 +1,5 @@
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,7 +10,8 @@ import { createTestNet, type TestNet } from '../harness/netns.js';
 import { startUpstream, type Upstream } from '../harness/upstream.js';
 import { startDnsServerIn, type DnsServerProcess } from '../harness/dns-server.js';
 import { createTestCa } from '../harness/test-ca.js';
-import { eventually } from '../harness/ports.js';
+import { eventually, pidAlive } from '../harness/ports.js';
+import { portFree } from '../../cli/doctor.js';
 import { projectRoot } from '../../common/paths.js';
 import { LABEL_INSTANCE } from '../../sandbox/container.js';
 import { CHAIN_FWD, CHAIN_IN } from '../../sandbox/network.js';
@@ -53,22 +53,7 @@ function listenerClosesWithoutAnswer(host: string, port: number, from: TestNet, 
   return from.runIn(hostName, process.execPath, ['-e', script], { timeoutMs: 15_000 }).then((r) => JSON.parse(r.stdout.trim().split('\n')[0]!) as string);
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
-function portFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.createServer();
-    s.once('error', () => resolve(false));
-    s.listen(port, '0.0.0.0', () => s.close(() => resolve(true)));
-  });
-}
 
 describe.skipIf(!gate.ok)('the first ten minutes: `npm run up` in a fresh directory, an MCP client connected', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pc-first-'));
@@ -209,8 +194,8 @@ describe.skipIf(!gate.ok)('the first ten minutes: `npm run up` in a fresh direct
       expect(rules).not.toContain(CHAIN_IN);
       expect(rules).not.toContain(CHAIN_FWD);
     }
-    expect(await portFree(8080)).toBe(true);
-    expect(await portFree(15001)).toBe(true);
+    expect(await portFree(8080, '0.0.0.0')).toBe(true);
+    expect(await portFree(15001, '0.0.0.0')).toBe(true);
     expect(fs.existsSync(path.join(dir, 'data', 'operator.sock'))).toBe(false);
     expect(fs.existsSync(path.join(dir, 'data', 'mcp-gateway.sock'))).toBe(false);
     // the audit log of the whole run verifies, and holds the tool calls, the egress decisions and the lifecycle

@@ -6,7 +6,7 @@ import { eventually } from '../harness/ports.js';
 import net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { e2eGate } from '../harness/e2e-gate.js';
-import { freePort } from '../harness/ports.js';
+import { freePort, pidAlive } from '../harness/ports.js';
 
 const gate = e2eGate(['envoy', 'docker', 'runsc', 'root'], 'portcullis up');
 
@@ -26,14 +26,6 @@ function connectStatus(port: number, authority: string): Promise<string> {
   });
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 describe.skipIf(!gate.ok)('portcullis up (control plane + real Envoy)', () => {
   it.each(['SIGTERM', 'SIGINT'] as const)('starts with the default policy, enforces it, prints endpoints, and stops cleanly on %s', async (sig) => {
