@@ -5,6 +5,7 @@ import type { EventSink } from '../common/events.js';
 import type { StreamAccessLogsMessage__Output } from '../envoy/generated/envoy/service/accesslog/v3/StreamAccessLogsMessage.js';
 import type { StreamAccessLogsResponse } from '../envoy/generated/envoy/service/accesslog/v3/StreamAccessLogsResponse.js';
 import type { HTTPAccessLogEntry__Output } from '../envoy/generated/envoy/data/accesslog/v3/HTTPAccessLogEntry.js';
+import type { TCPAccessLogEntry__Output } from '../envoy/generated/envoy/data/accesslog/v3/TCPAccessLogEntry.js';
 import { envoyServices } from './grpc.js';
 
 /**
@@ -31,6 +32,8 @@ export interface NetworkEvent {
   bytesOut: number;
   bytesIn: number;
   durationMs: number | null;
+  /** the ClientHello's SNI, on entries of the SNI-checking listener */
+  sni?: string | null;
 }
 
 export class AccessLogReceiver {
@@ -52,6 +55,7 @@ export class AccessLogReceiver {
             lane = m.identifier.log_name || lane;
           }
           for (const e of m.http_logs?.log_entry ?? []) this.http(lane, node, e);
+          for (const e of m.tcp_logs?.log_entry ?? []) this.tcp(lane, node, e);
           this.deps.metrics.inc('als_entries_total', { kind: m.http_logs ? 'http' : 'tcp' }, (m.http_logs?.log_entry.length ?? 0) + (m.tcp_logs?.log_entry.length ?? 0));
         });
         call.on('end', () => cb(null, {}));
@@ -96,6 +100,76 @@ export class AccessLogReceiver {
     this.deps.onEntry?.(ev);
     this.log.debug({ lane, authority: ev.authority, status: ev.status, reason: ev.reason }, 'access log');
   }
+
+  /**
+   * TCP entries come from the SNI-checking listener: a tunnel it refused becomes a `network.denied`
+   * event (`sni_mismatch`). Bytes are not counted here: the tunnel's own entry on the egress
+   * listener already counts them.
+   */
+  private tcp(lane: string, node: string, e: TCPAccessLogEntry__Output): void {
+    if (lane !== SNI_LOG_NAME) return;
+    const reason = sniRefusal(e);
+    if (!reason) return;
+    const c = e.common_properties;
+    const session = filterStateString(c?.filter_state_objects?.['portcullis.session']) || null;
+    const ev: NetworkEvent = {
+      lane,
+      node,
+      streamId: c?.stream_id ?? '',
+      intermediate: false,
+      method: 'CONNECT',
+      authority: filterStateString(c?.filter_state_objects?.['portcullis.tunnel_authority']) ?? '',
+      status: 403,
+      reason,
+      session,
+      upstream: null,
+      downstream: addr(c?.downstream_remote_address),
+      bytesOut: 0,
+      bytesIn: 0,
+      durationMs: c?.duration ? Number(c.duration.seconds) * 1000 + Math.round(c.duration.nanos / 1e6) : null,
+      sni: c?.tls_properties?.tls_sni_hostname || null,
+    };
+    this.deps.metrics.inc('egress_sni_refused_total', { reason });
+    this.deps.events.emit({ type: 'network.denied', severity: 'warning', source: 'envoy', ...(session ? { sessionId: session } : {}), data: { ...ev } });
+    this.deps.onEntry?.(ev);
+    this.log.debug({ lane, authority: ev.authority, reason }, 'tunnel refused');
+  }
+}
+
+/** Log name of the SNI-checking internal listener (xds-server/translate/sni.ts). */
+export const SNI_LOG_NAME = 'egress_sni';
+
+/**
+ * Why the SNI-checking listener closed a tunnel, from its access log entry; null = not refused there.
+ * RBAC reports `rbac_access_denied_matched_policy[…]`. A tunnel whose first bytes never came within
+ * the listener's timeout (a server-speaks-first protocol, an idle client) never reached a filter
+ * chain: no termination detail, no cluster, no response flag, no SNI.
+ */
+export function sniRefusal(e: TCPAccessLogEntry__Output): 'sni_mismatch' | null {
+  const c = e.common_properties;
+  if (!c || c.intermediate_log_entry) return null;
+  const details = c.connection_termination_details ?? '';
+  if (details.startsWith('rbac_access_denied')) return 'sni_mismatch';
+  const flags = Object.values(c.response_flags ?? {}).some((v) => v === true || (typeof v === 'string' && v !== ''));
+  const neverReachedChain = details === '' && !c.upstream_cluster && !c.upstream_remote_address && !flags && !c.tls_properties?.tls_sni_hostname;
+  return neverReachedChain ? 'sni_mismatch' : null;
+}
+
+/** The string a `StringAccessor` filter state object serializes to (`google.protobuf.StringValue` in an Any). */
+export function filterStateString(any: { type_url?: string; value?: Buffer | Uint8Array } | undefined): string | null {
+  if (!any?.value || !any.type_url?.endsWith('google.protobuf.StringValue')) return null;
+  const b = Buffer.from(any.value);
+  if (b.length === 0) return '';
+  if (b[0] !== 0x0a) return null;
+  let len = 0;
+  let shift = 0;
+  let i = 1;
+  for (; i < b.length; i++) {
+    len |= (b[i]! & 0x7f) << shift;
+    shift += 7;
+    if (!(b[i]! & 0x80)) break;
+  }
+  return b.subarray(i + 1, i + 1 + len).toString('utf8');
 }
 
 function addr(a: { socket_address?: { address?: string; port_value?: number } | null } | null | undefined): string | null {

@@ -33,14 +33,14 @@ const MESSAGES: ReadonlyArray<{ fullName: string; fields: ReadonlyArray<{ name: 
     since: '1.39',
   },
   {
-    // envoy/config/core/v3/cel.proto (field numbers read from the pinned 1.40 binary)
+    // envoy/config/core/v3/cel.proto
     fullName: 'envoy.config.core.v3.CelExpressionConfig',
     fields: [
       { name: 'enable_string_conversion', id: 1, type: 'bool' },
       { name: 'enable_string_concat', id: 2, type: 'bool' },
       { name: 'enable_string_functions', id: 3, type: 'bool' },
     ],
-    since: '1.40',
+    since: '<=1.40',
   },
 ];
 
@@ -50,7 +50,7 @@ const ENUMS: ReadonlyArray<{ fullName: string; values: Record<string, number>; s
     // envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto
     fullName: 'envoy.extensions.filters.network.tcp_proxy.v3.UpstreamConnectMode',
     values: { IMMEDIATE: 0, ON_DOWNSTREAM_DATA: 1, ON_DOWNSTREAM_TLS_HANDSHAKE: 2 },
-    since: '1.40',
+    since: '<=1.40',
   },
 ];
 
@@ -69,18 +69,20 @@ export const OVERLAY_FIELDS: readonly OverlayField[] = [
     type: 'string',
     since: '1.37',
   },
-  // egress SNI check (xds-server/translate/sni.ts), each proven by test/e2e/egress-sni.test.ts
-  { message: 'envoy.config.rbac.v3.Policy', field: 'cel_config', id: 5, type: 'envoy.config.core.v3.CelExpressionConfig', since: '1.40' },
-  { message: 'envoy.extensions.filters.http.set_filter_state.v3.Config', field: 'clear_route_cache', id: 2, type: 'bool', since: '1.40' },
-  { message: 'envoy.config.route.v3.RouteMatch', field: 'filter_state', id: 16, type: 'envoy.type.matcher.v3.FilterStateMatcher', repeated: true, since: '1.40' },
+  // The egress SNI check (xds-server/translate/sni.ts); test/e2e/egress-sni.test.ts reads each back
+  // from /config_dump. Field numbers read from the pinned 1.40 binary's embedded descriptors; where
+  // the release that added a field was not checked, `since` says only that 1.40 has it.
+  { message: 'envoy.config.rbac.v3.Policy', field: 'cel_config', id: 5, type: 'envoy.config.core.v3.CelExpressionConfig', since: '<=1.40' },
+  { message: 'envoy.extensions.filters.http.set_filter_state.v3.Config', field: 'clear_route_cache', id: 2, type: 'bool', since: '1.38' },
+  { message: 'envoy.config.route.v3.RouteMatch', field: 'filter_state', id: 16, type: 'envoy.type.matcher.v3.FilterStateMatcher', repeated: true, since: '<=1.40' },
   {
     message: 'envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy',
     field: 'upstream_connect_mode',
     id: 21,
     type: 'envoy.extensions.filters.network.tcp_proxy.v3.UpstreamConnectMode',
-    since: '1.40',
+    since: '<=1.40',
   },
-  { message: 'envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy', field: 'max_early_data_bytes', id: 22, type: 'google.protobuf.UInt32Value', since: '1.40' },
+  { message: 'envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy', field: 'max_early_data_bytes', id: 22, type: 'google.protobuf.UInt32Value', since: '<=1.40' },
   // per-SNI leaves for wildcard bump rules, fetched on demand (xds-server/translate/bump.ts)
   {
     message: 'envoy.extensions.transport_sockets.tls.v3.CommonTlsContext',

@@ -36,6 +36,7 @@ export const EXT = {
   sniDfp: `${P}envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig`,
   connectionLimit: `${P}envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit`,
   networkRbac: `${P}envoy.extensions.filters.network.rbac.v3.RBAC`,
+  networkSetFilterState: `${P}envoy.extensions.filters.network.set_filter_state.v3.Config`,
   tlsInspector: `${P}envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector`,
   router: `${P}envoy.extensions.filters.http.router.v3.Router`,
   httpDfp: `${P}envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig`,

@@ -12,7 +12,7 @@
  *    crossing falls at every phase of Envoy's periodic flush), then uploads at a fixed rate; it notes
  *    the wall-clock time the byte that crosses the budget left it; the delay is from there to the
  *    `exfil.tripped` event. Bounded by Envoy's access-log flush interval for long
- *    streams (HCM access_log_flush_interval, 5 s in the translator) plus the ALS buffer (0.5 s).
+ *    streams (HCM access_log_flush_interval, 1 s in the translator) plus the ALS buffer (0.5 s).
  * 3. Kill latency with the REAL supervisor (needs docker + runsc; results in
  *    test/bench/results/operator-kill-real.json; `OPERATOR_BENCH_ONLY=real` runs only this part):
  *    gVisor sandboxes made through the MCP gateway, each killed over the operator socket while an
@@ -301,7 +301,7 @@ async function main(): Promise<void> {
     const loadedEdge = summarize(loaded.edge);
     const detect = summarize(trips.delays);
     const file = writeResult('operator', {
-      config: { tunnelBoundSeconds: 30, alsFlushIntervalSeconds: 5, alsBufferFlushSeconds: 0.5, budgetBytes: BUDGET, uploadBytesPerSecond: RATE },
+      config: { tunnelBoundSeconds: 30, alsFlushIntervalSeconds: 1, alsBufferFlushSeconds: 0.5, budgetBytes: BUDGET, uploadBytesPerSecond: RATE },
       kill: {
         method: 'operator socket POST /v1/sessions/:id/kill → next request in an open bump tunnel refused (403 session_revoked)',
         idle: { edgeMs: summarize(idle.edge), callMs: summarize(idle.call), revokeInsideMs: summarize(idle.revoke) },

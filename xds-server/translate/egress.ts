@@ -2,6 +2,7 @@ import type { Ir, IrDestination } from '../../policy/ir.js';
 import { authzLane, bumpVirtualHost, extAuthzFilter, tunnelFilterState, type BumpOptions } from './bump.js';
 import { EXT } from '../../envoy/api/type-urls.js';
 import { parseCidr } from '../../policy/ip.js';
+import { sniConnectRoutes, sniHopFilter, sniResources } from './sni.js';
 import {
   ADS_SOURCE,
   authorityDomains,
@@ -25,7 +26,10 @@ import {
  *    else → 403 `destination_not_allowed`;
  *  - connections go through the dynamic forward proxy, whose DNS cache drops every resolved address
  *    inside the deny-set (`resolved_address_filter`, Envoy ≥ 1.39): a name that resolves only to
- *    denied addresses never gets a connection, reason `resolved_ip_denied`.
+ *    denied addresses never gets a connection, reason `resolved_ip_denied`;
+ *  - on the egress lane, a CONNECT to a *name* at the transparent rung is tunnelled through an
+ *    internal listener that refuses the tunnel unless its TLS ClientHello names that host as SNI
+ *    (`sni_mismatch`, sni.ts); IP literals and the storage lane keep the direct path.
  */
 
 export const EGRESS = {
@@ -120,12 +124,18 @@ interface ProxyLane {
   statPrefix: string;
   /** CONNECT only (the storage lane), or CONNECT and absolute-form http:// (egress) */
   connectOnly: boolean;
+  /**
+   * TLS tunnels to a name must carry that name as SNI (sni.ts): CONNECTs to names go through the
+   * SNI-checking internal listener. Unset = the direct path (the storage lane).
+   */
+  sniCheck?: boolean;
 }
 
 /** An explicit forward proxy: listener + route table + dynamic forward proxy cluster. */
 export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyDestination[], o: EgressOptions) {
   const cache = dnsCacheConfig(lane.dnsCache, ir.denySet, o.dnsResolvers, o.dnsRefreshSeconds);
   const withBump = !!o.bump && (!!o.sessionsRequired || dests.some((d) => d.rung === 'bump' || d.rung === 'external-sds'));
+  const withSni = !!lane.sniCheck && dests.some((d) => d.rung === 'transparent' && d.kind !== 'ip');
   const listener = {
     name: lane.listener,
     address: { socket_address: { address: o.listen.address, port_value: o.listen.port } },
@@ -163,6 +173,7 @@ export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyD
                   name: 'envoy.filters.http.dynamic_forward_proxy',
                   typed_config: { '@type': EXT.httpDfp, dns_cache_config: cache },
                 },
+                ...(withSni ? [sniHopFilter()] : []),
                 routerFilter(),
               ],
               local_reply_config: resolvedIpDeniedReply(),
@@ -173,7 +184,7 @@ export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyD
     ],
   };
 
-  const vhosts = proxyVirtualHosts(dests, lane, o);
+  const vhosts = proxyVirtualHosts(dests, { ...lane, sniCheck: withSni }, o);
   if (withBump) {
     // every virtual host that does not ask for ext_authz turns it off
     for (const vh of vhosts) vh.typed_per_filter_config ??= { 'envoy.filters.http.ext_authz': { '@type': EXT.extAuthzPerRoute, disabled: true } };
@@ -191,7 +202,8 @@ export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyD
     circuit_breakers: { thresholds: [{ max_connections: 4096, max_pending_requests: 4096, max_requests: 4096 }] },
   };
 
-  return { listeners: [listener], routes: [routes], clusters: [cluster] };
+  const sni = withSni ? sniResources(ir.denySet, lane.dnsCache, lane.cluster, o) : { listeners: [], clusters: [] };
+  return { listeners: [listener, ...sni.listeners], routes: [routes], clusters: [cluster, ...sni.clusters] };
 }
 
 export function egressResources(ir: Ir, o: EgressOptions) {
@@ -211,6 +223,7 @@ const EGRESS_LANE: ProxyLane = {
   dnsCache: EGRESS.dnsCache,
   statPrefix: 'egress',
   connectOnly: false,
+  sniCheck: true,
 };
 
 function vhostName(d: ProxyDestination): string {
@@ -229,17 +242,21 @@ export function proxyVirtualHosts(dests: readonly ProxyDestination[], lane: Prox
     const denyPorts = ds.filter((d) => d.rung === 'deny-all').flatMap((d) => d.ports);
     const kind = ds[0]!.kind;
     if (allowPorts.length) {
-      const routes: Array<Record<string, unknown>> = [
-        {
-          match: { connect_matcher: {} },
-          route: {
-            cluster: lane.cluster,
-            upgrade_configs: [{ upgrade_type: 'CONNECT', connect_config: {} }],
-            timeout: '0s',
-            max_stream_duration: { max_stream_duration: tunnelTimeout },
-          },
-        },
-      ];
+      // a TLS tunnel to a name must present that name as SNI (sni.ts); IP literals keep the direct path
+      const routes: Array<Record<string, unknown>> =
+        lane.sniCheck && kind !== 'ip'
+          ? sniConnectRoutes(tunnelTimeout)
+          : [
+              {
+                match: { connect_matcher: {} },
+                route: {
+                  cluster: lane.cluster,
+                  upgrade_configs: [{ upgrade_type: 'CONNECT', connect_config: {} }],
+                  timeout: '0s',
+                  max_stream_duration: { max_stream_duration: tunnelTimeout },
+                },
+              },
+            ];
       if (!lane.connectOnly) routes.push({ match: { prefix: '/' }, route: { cluster: lane.cluster, timeout: '60s' } });
       else routes.push(denyRoute({ prefix: '' }, 'destination_not_allowed'));
       vhosts.push({
