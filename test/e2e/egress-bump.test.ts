@@ -166,10 +166,11 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
     fs.rmSync(tmp, { recursive: true, force: true });
   });
 
-  async function curl(url: string, opts: { token?: string; headers?: string[]; connectTo?: string; cacert?: string } = {}) {
+  async function curl(url: string, opts: { token?: string; headers?: string[]; proxyHeaders?: string[]; connectTo?: string; cacert?: string } = {}) {
     const proxy = opts.token ? `http://session:${opts.token}@${tn.rootIp}:${egressPort}` : `http://${tn.rootIp}:${egressPort}`;
     const args = ['-sS', '-v', '--max-time', '10', '--proxy', proxy, '--cacert', opts.cacert ?? deploymentCaFile];
     for (const h of opts.headers ?? []) args.push('-H', h);
+    for (const h of opts.proxyHeaders ?? []) args.push('--proxy-header', h);
     if (opts.connectTo) args.push('--connect-to', opts.connectTo);
     args.push(url);
     const r = await tn.runIn('cli', 'curl', args, { check: false, timeoutMs: 20_000 });
@@ -224,6 +225,21 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
     expect(secrets).toEqual(expect.arrayContaining(['a.wild.bump.test', 'x.y.wild.bump.test']));
     // the control plane served them on demand
     expect(cp.metrics.total('sds_on_demand_leaves_total')).toBeGreaterThanOrEqual(2);
+  });
+
+  it('a guest cannot pass itself off as another session: its own session header is dropped before anything reads it', async () => {
+    const victim = 'victim-session-id';
+    const denied = await curl(`https://nothere.bump.test:${PORT}/`, { token: await token('s-attacker'), proxyHeaders: [`x-portcullis-session: ${victim}`] });
+    expect(denied.reasons).toEqual(['destination_not_allowed']);
+    const allowed = await curl(`https://plain.bump.test:${PORT}/`, { token: await token('s-attacker'), proxyHeaders: [`x-portcullis-session: ${victim}`, 'x-portcullis-authority: api.bump.test:8443'] });
+    expect(allowed.statuses[0]).toBe(200);
+    await eventually(
+      () => cp.events.history().some((e) => JSON.stringify(e.data).includes('nothere.bump.test')) && cp.events.history().some((e) => e.sessionId === 's-attacker' && JSON.stringify(e.data).includes('plain.bump.test')),
+      10_000,
+      'both tunnels access-logged',
+    );
+    // no event anywhere names the victim; the allowed tunnel is the attacker's own
+    expect(cp.events.history().filter((e) => e.sessionId === victim || JSON.stringify(e.data).includes(victim))).toEqual([]);
   });
 
   it('without a session: the tunnel is refused (407 session_credential_missing); the upstream sees nothing', async () => {

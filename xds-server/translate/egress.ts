@@ -1,5 +1,5 @@
 import type { Ir, IrDestination } from '../../policy/ir.js';
-import { authzLane, bumpVirtualHost, extAuthzFilter, tunnelFilterState, type BumpOptions } from './bump.js';
+import { authzLane, BUMP, bumpVirtualHost, extAuthzFilter, tunnelFilterState, type BumpOptions } from './bump.js';
 import { EXT } from '../../envoy/api/type-urls.js';
 import { parseCidr } from '../../policy/ip.js';
 import { sniConnectRoutes, sniHopFilter, sniResources } from './sni.js';
@@ -167,6 +167,9 @@ export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyD
                 ? { access_log: [grpcAccessLog(lane.listener, o.accessLogCluster)], access_log_options: { access_log_flush_interval: '1s' } }
                 : {}),
               http_filters: [
+                // the session and authority headers are ours (set by ext_authz, recorded for the tunnel,
+                // access-logged as the session): whatever the guest sent under those names goes first
+                stripInternalHeaders(),
                 // ext_authz runs only where a virtual host enables it (bump destinations)
                 ...(withBump ? [extAuthzFilter(o.bump!.controlPlaneCluster), tunnelFilterState()] : []),
                 {
@@ -204,6 +207,17 @@ export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyD
 
   const sni = withSni ? sniResources(ir.denySet, lane.dnsCache, lane.cluster, o) : { listeners: [], clusters: [] };
   return { listeners: [listener, ...sni.listeners], routes: [routes], clusters: [cluster, ...sni.clusters] };
+}
+
+/** Drops the headers that carry Portcullis' own session and authority, as a guest sent them. */
+function stripInternalHeaders(): Record<string, unknown> {
+  return {
+    name: 'envoy.filters.http.header_mutation',
+    typed_config: {
+      '@type': EXT.headerMutation,
+      mutations: { request_mutations: [{ remove: BUMP.sessionHeader }, { remove: BUMP.authorityHeader }] },
+    },
+  };
 }
 
 export function egressResources(ir: Ir, o: EgressOptions) {
