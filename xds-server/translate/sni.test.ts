@@ -64,8 +64,9 @@ describe('egress SNI check (transparent rung)', () => {
   it('listener A: the hop filter runs after the forward proxy filter, before the router, and re-selects the route', () => {
     const hcm = resources(MIXED).listener(EGRESS.listener)!.filter_chains[0].filters[0].typed_config as Obj;
     const names = (hcm.http_filters as Obj[]).map((f) => f.name);
-    expect(names).toEqual(['envoy.filters.http.dynamic_forward_proxy', 'portcullis.sni_hop', 'envoy.filters.http.router']);
-    const hop = (hcm.http_filters as Obj[])[1]!.typed_config;
+    // (first: the guest's own x-portcullis-* headers are dropped)
+    expect(names).toEqual(['envoy.filters.http.header_mutation', 'envoy.filters.http.dynamic_forward_proxy', 'portcullis.sni_hop', 'envoy.filters.http.router']);
+    const hop = (hcm.http_filters as Obj[])[2]!.typed_config;
     expect(hop.clear_route_cache).toBe(true);
     expect(hop.on_request_headers.map((v: Obj) => [v.object_key, v.shared_with_upstream, v.format_string.text_format_source.inline_string])).toEqual([
       [SNI.authorityKey, 'ONCE', '%REQ(:authority)%'],
