@@ -187,6 +187,8 @@ export function runIn(netns: string, cmd: string, args: readonly string[] = [], 
       else if (check && code !== 0) reject(new Error(`${what}: exit ${code ?? signal}\n${stderr.trim()}`));
       else resolve(res);
     });
+    // a child that exits before reading its stdin makes the write fail with EPIPE: not an error here
+    child.stdin.on('error', () => undefined);
     child.stdin.end(opts.input ?? '');
   });
 }
