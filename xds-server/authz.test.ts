@@ -5,7 +5,7 @@ import { compileText } from '../policy/compile.js';
 import { explainTool } from '../policy/explain.js';
 import type { Ir } from '../policy/ir.js';
 import type { CheckRequest__Output } from '../envoy/generated/envoy/service/auth/v3/CheckRequest.js';
-import { IngressAuthz, INGRESS_LOG_NAME, JWT_FILTER, JWT_PAYLOAD_KEY } from './authz.js';
+import { IngressAuthz, INGRESS_LOG_NAME, JWT_FILTER } from './authz.js';
 
 const HEAD = 'apiVersion: portcullis/v1\nkind: Policy\ndeployment: { workloadTrustProfile: trusted_operator, runtime: gvisor }\n';
 function ir(mcp: string): Ir {
@@ -21,17 +21,19 @@ const LOCAL = ir(`  limits: { connectionsPerCaller: 2 }
       - { callers: [carol], tools: [read_file], effect: allow, arguments: [{ name: path, pathPrefix: /work }] }
 `);
 
-/** A CheckRequest as Envoy sends it (proto-loader output shape). */
-function req(o: { caller?: string | null; claims?: Record<string, unknown>; method?: string; body?: unknown; requestId?: string }): CheckRequest__Output {
-  const toValue = (v: unknown): unknown =>
-    typeof v === 'string' ? { kind: 'stringValue', stringValue: v } : typeof v === 'number' ? { kind: 'numberValue', numberValue: v } : { kind: 'nullValue', nullValue: 'NULL_VALUE' };
-  const claims = o.claims ?? (o.caller === null ? {} : { sub: o.caller ?? 'alice' });
-  const payload = { fields: Object.fromEntries(Object.entries(claims).map(([k, v]) => [k, toValue(v)])) };
+/**
+ * A CheckRequest as Envoy sends it (proto-loader output shape): the caller header jwt_authn set from
+ * the verified claim (`caller: null`: none), optionally a JWT payload in the metadata context (which
+ * the ingress no longer sends, and the decision must not read).
+ */
+function req(o: { caller?: string | null; payload?: Record<string, string>; method?: string; body?: unknown; requestId?: string }): CheckRequest__Output {
   const body = o.body === undefined ? '' : typeof o.body === 'string' ? o.body : JSON.stringify(o.body);
+  const caller = o.caller === null ? {} : { 'x-portcullis-caller': o.caller ?? 'alice' };
+  const payload = o.payload ? { fields: Object.fromEntries(Object.entries(o.payload).map(([k, v]) => [k, { kind: 'stringValue', stringValue: v }])) } : undefined;
   return {
     attributes: {
-      metadata_context: { filter_metadata: { [JWT_FILTER]: { fields: { [JWT_PAYLOAD_KEY]: { kind: 'structValue', structValue: payload } } } }, typed_filter_metadata: {} },
-      request: { http: { method: o.method ?? 'POST', headers: { 'x-request-id': o.requestId ?? `r-${Math.random()}` }, raw_body: Buffer.from(body), body: '', path: '/mcp' } },
+      metadata_context: { filter_metadata: payload ? { [JWT_FILTER]: { fields: { jwt_payload: { kind: 'structValue', structValue: payload } } } } : {}, typed_filter_metadata: {} },
+      request: { http: { method: o.method ?? 'POST', headers: { 'x-request-id': o.requestId ?? `r-${Math.random()}`, ...caller }, raw_body: Buffer.from(body), body: '', path: '/mcp' } },
     },
   } as unknown as CheckRequest__Output;
 }
@@ -85,16 +87,22 @@ describe('ingress ext_authz decision', () => {
     }
   });
 
-  it('a verified token without the caller claim is refused; oidc uses the policy’s caller claim', () => {
-    expect(authz().decide(req({ caller: null, body: call('exec', { command: ['ls'] }) }))).toMatchObject({ allow: false, denial: { reason: 'unauthorized' } });
+  it('the caller is the header jwt_authn set from the verified claim: none, empty or malformed is refused, a payload alone is not read', () => {
+    const exec = call('exec', { command: ['ls'] });
+    for (const caller of [null, '', ' ', 'a b', 'x'.repeat(257)]) {
+      expect(authz().decide(req({ caller, body: exec })), JSON.stringify(caller)).toMatchObject({ allow: false, denial: { reason: 'unauthorized' } });
+    }
+    // a JWT payload in the metadata context names nobody: only the header does
+    expect(authz().decide(req({ caller: null, payload: { sub: 'alice' }, body: exec }))).toMatchObject({ allow: false, denial: { reason: 'unauthorized' } });
+    expect(authz().decide(req({ caller: 'alice', body: exec })).allow).toBe(true);
+    // oidc: jwt_authn copies the policy's caller claim (email) into the header (ingress.test.ts)
     const oidc = ir(`  auth: { mode: oidc, issuer: "https://idp.example.com/", audience: mcp, jwksUri: "https://idp.example.com/jwks", callerClaim: email }
   tools:
     rules:
       - { callers: [a@example.com], tools: [exec], effect: allow }
 `);
-    const a = authz(oidc);
-    expect(a.decide(req({ claims: { sub: 'a@example.com' }, body: call('exec', { command: ['ls'] }) }))).toMatchObject({ allow: false, denial: { reason: 'unauthorized' } });
-    expect(a.decide(req({ claims: { sub: 'x', email: 'a@example.com' }, body: call('exec', { command: ['ls'] }) })).allow).toBe(true);
+    expect(authz(oidc).decide(req({ caller: 'a@example.com', body: exec })).allow).toBe(true);
+    expect(authz(oidc).decide(req({ caller: 'someone@example.com', body: exec }))).toMatchObject({ allow: false, denial: { reason: 'tool_not_allowed' } });
   });
 
   it('GET and DELETE carry no body and are allowed for an authenticated caller', () => {

@@ -5,16 +5,20 @@ import type { Ir } from '../policy/ir.js';
 import { decideToolCall } from '../mcp/access.js';
 import { denial, httpStatusFor, jsonRpcErrorBody, type Denial, type JsonRpcId } from '../mcp/errors.js';
 import { argumentDigest, checkEnvelope } from '../mcp/jsonrpc.js';
+import { CALLER_HEADER } from '../mcp/headers.js';
 import type { CheckRequest__Output } from '../envoy/generated/envoy/service/auth/v3/CheckRequest.js';
 import type { CheckResponse } from '../envoy/generated/envoy/service/auth/v3/CheckResponse.js';
-import type { Struct__Output } from '../envoy/generated/google/protobuf/Struct.js';
 
 /**
  * ext_authz for the MCP ingress listener (`envoy.service.auth.v3.Authorization/Check`). Envoy sends
- * every request on the MCP route after jwt_authn verified the token, with the verified payload in
- * the `envoy.filters.http.jwt_authn` metadata and the buffered body. The decision:
+ * every request on the MCP route after jwt_authn verified the token, with the caller header and the
+ * buffered body. The decision:
  *
- * 1. the caller is the policy's caller claim of the verified payload (no claim → `unauthorized`);
+ * 1. the caller is `x-portcullis-caller`: jwt_authn sets it from the policy's caller claim of the
+ *    verified token, after the ingress's first filter removed any client-sent copy — the identity
+ *    the per-caller rate limit and the gateway use too (no header → `unauthorized`). The token's
+ *    payload is not sent: decoding it on every check (and in every access-log entry, where the
+ *    dynamic metadata goes too) was a measurable share of the control plane's work per request;
  * 2. a POST body must be one closed JSON-RPC 2.0 message (`schema_invalid`, 400);
  * 3. `tools/call`: closed argument schema, then `explainTool` over the live IR — the same function
  *    `portcullis policy explain` uses — (`schema_invalid` 400, `tool_not_allowed` / `argument_denied`
@@ -44,7 +48,6 @@ export const LEASE_METADATA_KEY = 'mcp_lease';
 /** `context_extensions.lane` of the ingress routes' ext_authz checks */
 export const MCP_AUTHZ_LANE = 'mcp';
 export const JWT_FILTER = 'envoy.filters.http.jwt_authn';
-export const JWT_PAYLOAD_KEY = 'jwt_payload';
 
 export interface IngressAuthzOptions {
   /** the live policy */
@@ -69,35 +72,10 @@ export function callerClaimOf(ir: Ir): string {
   return ir.mcp.auth.mode === 'oidc' ? ir.mcp.auth.callerClaim : 'sub';
 }
 
-/** The verified JWT payload Envoy put in the metadata context, as plain JSON. */
-export function jwtPayload(req: CheckRequest__Output): Record<string, unknown> | undefined {
-  const ns = req.attributes?.metadata_context?.filter_metadata?.[JWT_FILTER];
-  const v = ns?.fields?.[JWT_PAYLOAD_KEY];
-  if (!v || v.kind !== 'structValue' || !v.structValue) return undefined;
-  return structToJson(v.structValue);
-}
-
-function structToJson(s: Struct__Output): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(s.fields ?? {})) out[k] = valueToJson(v);
-  return out;
-}
-
-function valueToJson(v: Struct__Output['fields'][string]): unknown {
-  switch (v?.kind) {
-    case 'stringValue':
-      return v.stringValue;
-    case 'numberValue':
-      return v.numberValue;
-    case 'boolValue':
-      return v.boolValue;
-    case 'structValue':
-      return v.structValue ? structToJson(v.structValue) : {};
-    case 'listValue':
-      return (v.listValue?.values ?? []).map(valueToJson);
-    default:
-      return null;
-  }
+/** The caller jwt_authn put in the caller header (Envoy strips any client-sent copy before jwt_authn). */
+export function callerOf(req: CheckRequest__Output): string | undefined {
+  const v = req.attributes?.request?.http?.headers?.[CALLER_HEADER];
+  return typeof v === 'string' ? v : undefined;
 }
 
 const CALLER_RE = /^\S{1,256}$/;
@@ -131,8 +109,8 @@ export class IngressAuthz {
   /** The policy decision for one request, without the concurrency ceiling. */
   decide(req: CheckRequest__Output): AuthzVerdict {
     const ir = this.o.policy();
-    const claim = jwtPayload(req)?.[callerClaimOf(ir)];
-    if (typeof claim !== 'string' || !CALLER_RE.test(claim)) return { allow: false, denial: denial('unauthorized', 'The token names no caller.'), id: null };
+    const claim = callerOf(req);
+    if (claim === undefined || !CALLER_RE.test(claim)) return { allow: false, denial: denial('unauthorized', 'The token names no caller.'), id: null };
     const caller = claim;
     const http = req.attributes?.request?.http;
     if (http?.method !== 'POST') return { allow: true, caller };

@@ -7,13 +7,24 @@
  *      ingress  MCP SDK client → Envoy (jwt_authn, rate limit, buffer, ext_authz) → gateway → sandbox
  *    and the overhead ingress + gateway add beyond the bare exec (goal ≤ 15 ms p99).
  * 2. NFR-SEC-46: a well-behaved caller's p99 alone, then while another caller (another process)
- *    bursts 10k calls at concurrency 32, under the default per-caller limit (600/min).
+ *    bursts 10k calls at concurrency 32, under the default per-caller limit (600/min). Goal: p99
+ *    during the burst within 1.1× the baseline. Two placements of the burst's load generator:
+ *      shared  it runs wherever the scheduler puts it (it competes with Envoy and the control plane
+ *              for the same cores, as before);
+ *      pinned  it runs on its own core (taskset), Envoy and the Node process (control plane, gateway
+ *              and the measuring client) on the other, in the baseline and during the burst alike:
+ *              what remains is the interference the system under test lets one caller cause.
+ *
+ * Rounds (PORTCULLIS_BENCH_ROUNDS, default 5) repeat everything on one stack, so percentiles are
+ * reported per round, pooled over all rounds, and as the spread of per-round p99s; an isolation
+ * ratio always compares a baseline and a burst measured back to back in the same round (and the
+ * pooled baseline with the pooled burst). The machine is shared: the load average is recorded per round.
  *
  * The sandbox is the real Docker + gVisor supervisor with PORTCULLIS_BENCH_SANDBOX=supervisor, else the
  * in-memory SandboxService (bare exec ≈ 0, so the numbers are the MCP path's own cost). Results go to
- * test/bench/results/mcp.json (in-memory) or mcp-supervisor.json.
+ * test/bench/results/mcp.json (in-memory) or mcp-supervisor.json (PORTCULLIS_BENCH_NAME overrides).
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -28,7 +39,7 @@ import { McpGateway, CALLER_HEADER, type GatewaySandbox } from '../../mcp/gatewa
 import { MemorySandbox } from '../../mcp/testkit.js';
 import { compileText } from '../../policy/compile.js';
 import { stopAllEnvoys } from '../../envoy/process.js';
-import { mcpPost, startMcpStack } from '../harness/mcp-stack.js';
+import { mcpPost, startMcpStack, type McpStack } from '../harness/mcp-stack.js';
 import { summarize, writeResult } from './machine.js';
 
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -96,117 +107,239 @@ async function timeCalls(client: Client, n: number, paceMs = 0, warm = WARM): Pr
   return out;
 }
 
+type Summary = ReturnType<typeof summarize>;
+const ROUNDS = Number(process.env.PORTCULLIS_BENCH_ROUNDS ?? 5);
+const BASELINE_CALLS = 200;
+const cores = os.cpus().length;
+const canPin = cores >= 2 && (() => {
+  try {
+    execFileSync('taskset', ['-p', String(process.pid)], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+const MODES: Array<'shared' | 'pinned'> = process.env.PORTCULLIS_BENCH_PIN === '0' || !canPin ? ['shared'] : process.env.PORTCULLIS_BENCH_PIN === 'only' ? ['pinned'] : ['shared', 'pinned'];
+
+/** CPU time (user + system) of a process so far, in ms. */
+function cpuMs(pid: number): number {
+  try {
+    const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1000) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+/** Our Envoy child (the harness keeps the ChildProcess private): the `envoy` whose parent is us. */
+function envoyPid(): number | undefined {
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
+      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (comm === 'envoy' && ppid === process.pid) return Number(d);
+    } catch {
+      // gone
+    }
+  }
+  return undefined;
+}
+
+/** Put every thread of `pid` on `cpus` ("0", "1", "0-1"). */
+function pin(pid: number, cpus: string): void {
+  execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore' });
+}
+
+interface IsolationRound {
+  mode: 'shared' | 'pinned';
+  baselineMs: Summary;
+  duringBurstMs: Summary;
+  p99Ratio: number;
+  p50Ratio: number;
+  burst: { calls: number; concurrency: number; durationMs: number; statuses: Record<string, number> };
+  /** CPU time spent during the burst, ms */
+  cpuMs: { envoy: number; nodeUnderTest: number; burstClient: number };
+}
+
 async function main() {
   const sb = await sandboxUnderTest();
-  log(`sandbox: ${sb.kind}; N=${N}`);
-
-  // 1a. bare exec
+  log(`sandbox: ${sb.kind}; N=${N} per path per round; ${ROUNDS} rounds; isolation modes: ${MODES.join(', ')}`);
   const owner = await sb.sandbox.createSession('bench');
-  const bare: number[] = [];
-  for (let i = 0; i < WARM + N; i++) {
-    const t0 = performance.now();
-    await sb.sandbox.exec(owner.sessionId, { command: ['true'] });
-    if (i >= WARM) bare.push(performance.now() - t0);
-  }
-  await sb.sandbox.destroySession(owner.sessionId, 'bench');
-
-  log(`bare exec done`);
-  // 1b. gateway only
   const gw = await McpGateway.start({ sandbox: sb.sandbox, policy: () => ir, logger: silentLogger() });
   const gc = new Client({ name: 'bench', version: '1' });
   const gt = new StreamableHTTPClientTransport(new URL(`http://${gw.address}/mcp`), { requestInit: { headers: { [CALLER_HEADER]: 'bench' } } });
   await gc.connect(gt);
-  const viaGateway = await timeCalls(gc, N);
-  await gt.terminateSession();
-  await gc.close();
-  await gw.close();
-
-  log(`gateway path done`);
-  // 1c. through Envoy
   const stack = await startMcpStack({ ir, sandbox: sb.sandbox });
+  const envoy = envoyPid();
+  if (MODES.includes('pinned') && !envoy) throw new Error('cannot find our Envoy process to pin it');
+  const allCpus = `0-${cores - 1}`;
   let result: Record<string, unknown>;
   try {
     const c = await stack.client(await stack.token('bench'));
-    const viaIngress = await timeCalls(c.client, N);
+    await timeCalls(gc, 0);
+    await timeCalls(c.client, 0);
+    const pooled = { bare: [] as number[], gateway: [] as number[], ingress: [] as number[] };
+    const rounds: Array<Record<string, unknown>> = [];
+    const isolation: IsolationRound[] = [];
+    const pooledIso = new Map<string, { baseline: number[]; during: number[] }>(MODES.map((m) => [m, { baseline: [], during: [] }]));
+    for (let round = 0; round < ROUNDS; round++) {
+      const load = os.loadavg();
+      // 1. latency (the rate limit must not bite: ~1M/min)
+      await stack.setPolicy(ir);
+      const bare: number[] = [];
+      for (let i = 0; i < WARM + N; i++) {
+        const t0 = performance.now();
+        await sb.sandbox.exec(owner.sessionId, { command: ['true'] });
+        if (i >= WARM) bare.push(performance.now() - t0);
+      }
+      // alternate which path goes first, so neither always runs right after the other
+      const paths: Array<['gateway' | 'ingress', Client]> = round % 2 === 0 ? [['gateway', gc], ['ingress', c.client]] : [['ingress', c.client], ['gateway', gc]];
+      const lat: Record<string, number[]> = { bare };
+      for (const [name, client] of paths) lat[name] = await timeCalls(client, N, 0, 20);
+      pooled.bare.push(...bare);
+      pooled.gateway.push(...lat.gateway!);
+      pooled.ingress.push(...lat.ingress!);
+      const s = { bare: summarize(bare), gateway: summarize(lat.gateway!), ingress: summarize(lat.ingress!) };
+      log(`round ${round + 1}: p50/p99 ms bare ${s.bare.p50}/${s.bare.p99} gateway ${s.gateway.p50}/${s.gateway.p99} ingress ${s.ingress.p50}/${s.ingress.p99} (load ${load.map((x) => x.toFixed(1)).join(' ')})`);
+      rounds.push({ round: round + 1, loadavg: load, execTrueMs: s, addedByIngressAndGatewayMs: { p50: round3(s.ingress.p50 - s.bare.p50), p99: round3(s.ingress.p99 - s.bare.p99) } });
+
+      // 2. isolation, under the default per-caller limit
+      await stack.setPolicy(policy(ISOLATION_RPM));
+      for (const mode of MODES) {
+        if (mode === 'pinned') {
+          pin(process.pid, '0');
+          pin(envoy!, '0');
+        }
+        try {
+          const r = await isolationRound(stack, mode, `${round}`);
+          isolation.push(r.summary);
+          pooledIso.get(mode)!.baseline.push(...r.baseline);
+          pooledIso.get(mode)!.during.push(...r.during);
+          log(`round ${round + 1} isolation (${mode}): p99 ${r.summary.baselineMs.p99} → ${r.summary.duringBurstMs.p99} ms (×${r.summary.p99Ratio}), p50 ×${r.summary.p50Ratio}; burst ${r.summary.burst.durationMs} ms ${JSON.stringify(r.summary.burst.statuses)}; cpu ms ${JSON.stringify(r.summary.cpuMs)}`);
+        } finally {
+          if (mode === 'pinned') {
+            pin(process.pid, allCpus);
+            pin(envoy!, allCpus);
+          }
+        }
+      }
+    }
     await c.close();
 
-    log(`ingress path done`);
-    // 2. NFR-SEC-46: bob alone, then bob while alice bursts 10k calls
-    await stack.setPolicy(policy(ISOLATION_RPM));
-    const bobAlone = await stack.client(await stack.token('bob-baseline'));
-    // bob is a well-behaved caller: ~9 calls/s, inside the per-caller limit (10/s, burst 100)
-    const baseline = await timeCalls(bobAlone.client, 200, PACE_MS, 10);
-    await bobAlone.close();
-    log(`baseline done`);
-    const bob = await stack.client(await stack.token('bob-under-burst'));
-    const aliceToken = await stack.token('alice');
-    const init = await mcpPost(stack.url, aliceToken, { jsonrpc: '2.0', id: 0, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'burst', version: '1' } } });
-    const h = { 'mcp-session-id': String(init.headers['mcp-session-id']), 'mcp-protocol-version': '2025-06-18' };
-    // alice's burst comes from another process, so it competes with bob for the system under test
-    // (Envoy, control plane, gateway), not for the measuring client's event loop
-    let burstDone = false;
-    const burstStart = performance.now();
-    const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url)], {
-      env: { ...process.env, PC_MCP_BURST: JSON.stringify({ url: stack.url, token: aliceToken, headers: h, calls: 10_000, concurrency: 32 }) },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let childOut = '';
-    child.stdout.on('data', (d) => (childOut += d));
-    const burst = new Promise<Record<string, number>>((resolve, reject) =>
-      child.on('exit', (code) => {
-        burstDone = true;
-        if (code === 0) resolve(JSON.parse(childOut) as Record<string, number>);
-        else reject(new Error(`burst process exited ${code}`));
-      }),
-    );
-    const during: number[] = [];
-    while (!burstDone && during.length < 2000) {
-      await new Promise((r) => setTimeout(r, PACE_MS));
-      const t0 = performance.now();
-      const r = await bob.client.callTool({ name: 'exec', arguments: { command: ['true'] } });
-      if (!burstDone) during.push(performance.now() - t0);
-      if (r.isError) throw new Error('bob failed during the burst');
-    }
-    const statuses = await burst;
-    const burstMs = performance.now() - burstStart;
-    await bob.close();
-
-    const s = { bare: summarize(bare), gateway: summarize(viaGateway), ingress: summarize(viaIngress) };
-    const b = summarize(baseline);
-    const d = summarize(during);
+    const s = { bare: summarize(pooled.bare), gateway: summarize(pooled.gateway), ingress: summarize(pooled.ingress) };
+    const perRoundP99 = (k: 'bare' | 'gateway' | 'ingress') => spread(rounds.map((r) => (r.execTrueMs as Record<string, Summary>)[k]!.p99));
+    const addedP99 = spread(rounds.map((r) => (r.addedByIngressAndGatewayMs as { p99: number }).p99));
     result = {
       sandbox: sb.kind,
-      samples: N,
+      samplesPerPathPerRound: N,
+      rounds: ROUNDS,
       execTrueMs: s,
-      addedByGatewayMs: { p50: round(s.gateway.p50 - s.bare.p50), p99: round(s.gateway.p99 - s.bare.p99) },
-      addedByIngressAndGatewayMs: { p50: round(s.ingress.p50 - s.bare.p50), p99: round(s.ingress.p99 - s.bare.p99) },
+      addedByGatewayMs: { p50: round3(s.gateway.p50 - s.bare.p50), p99: round3(s.gateway.p99 - s.bare.p99) },
+      addedByIngressAndGatewayMs: { p50: round3(s.ingress.p50 - s.bare.p50), p99: round3(s.ingress.p99 - s.bare.p99) },
+      perRoundP99Ms: { bare: perRoundP99('bare'), gateway: perRoundP99('gateway'), ingress: perRoundP99('ingress'), addedByIngressAndGateway: addedP99 },
       goalP99AddedMs: 15,
       isolation: {
-        baselineMs: b,
-        duringBurstMs: d,
-        p99Ratio: round(d.p99 / b.p99),
         goalP99Ratio: 1.1,
         requestsPerMinute: ISOLATION_RPM,
         callerPaceMs: PACE_MS,
-        burst: { calls: 10_000, concurrency: 32, durationMs: round(burstMs), statuses },
+        baselineCallsPerRound: BASELINE_CALLS,
+        byMode: Object.fromEntries(
+          MODES.map((m) => {
+            const rs = isolation.filter((r) => r.mode === m);
+            const p = pooledIso.get(m)!;
+            const b = summarize(p.baseline);
+            const d = summarize(p.during);
+            return [m, { pooled: { baselineMs: b, duringBurstMs: d, p99Ratio: round3(d.p99 / b.p99), p50Ratio: round3(d.p50 / b.p50) }, perRoundP99Ratio: spread(rs.map((r) => r.p99Ratio)), perRoundP50Ratio: spread(rs.map((r) => r.p50Ratio)) }];
+          }),
+        ),
+        rounds: isolation,
       },
+      roundsDetail: rounds,
       gatewaySaw: stack.gateway.counters(),
     };
   } finally {
+    await gt.terminateSession().catch(() => undefined);
+    await gc.close().catch(() => undefined);
+    await gw.close();
+    await sb.sandbox.destroySession(owner.sessionId, 'bench').catch(() => undefined);
     await stack.close();
     await stopAllEnvoys();
     await sb.close();
   }
-  const file = writeResult(process.env.PORTCULLIS_BENCH_SANDBOX === 'supervisor' ? 'mcp-supervisor' : 'mcp', result);
+  const name = process.env.PORTCULLIS_BENCH_NAME ?? (process.env.PORTCULLIS_BENCH_SANDBOX === 'supervisor' ? 'mcp-supervisor' : 'mcp');
+  const file = writeResult(name, result);
   log(JSON.stringify(result, null, 2));
   log(`wrote ${file}`);
 }
 
-function round(x: number): number {
+/** One caller alone (paced, within its limit), then the same while another caller bursts from another process. */
+async function isolationRound(stack: McpStack, mode: 'shared' | 'pinned', tag: string): Promise<{ summary: IsolationRound; baseline: number[]; during: number[] }> {
+  const bobAlone = await stack.client(await stack.token(`bob-baseline-${mode}-${tag}`));
+  // bob is a well-behaved caller: ~9 calls/s, inside the per-caller limit (10/s, burst 100)
+  const baseline = await timeCalls(bobAlone.client, BASELINE_CALLS, PACE_MS, 10);
+  await bobAlone.close();
+  const bob = await stack.client(await stack.token(`bob-under-burst-${mode}-${tag}`));
+  await timeCalls(bob.client, 0, PACE_MS, 5);
+  const aliceToken = await stack.token(`alice-${mode}-${tag}`);
+  const init = await mcpPost(stack.url, aliceToken, { jsonrpc: '2.0', id: 0, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'burst', version: '1' } } });
+  const h = { 'mcp-session-id': String(init.headers['mcp-session-id']), 'mcp-protocol-version': '2025-06-18' };
+  // alice's burst comes from another process, so it competes with bob for the system under test
+  // (Envoy, control plane, gateway), not for the measuring client's event loop
+  const calls = 10_000;
+  const concurrency = 32;
+  const argv = ['--import', 'tsx', fileURLToPath(import.meta.url)];
+  const [cmd, args] = mode === 'pinned' ? ['taskset', ['-c', String(cores - 1), process.execPath, ...argv]] : [process.execPath, argv];
+  const child = spawn(cmd, args, {
+    env: { ...process.env, PC_MCP_BURST: JSON.stringify({ url: stack.url, token: aliceToken, headers: h, calls, concurrency }) },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let childOut = '';
+  child.stdout!.on('data', (d) => (childOut += d));
+  let burstDone = false;
+  const burst = new Promise<{ statuses: Record<string, number>; cpuMs: number }>((resolve, reject) =>
+    child.on('exit', (code) => {
+      burstDone = true;
+      if (code === 0) resolve(JSON.parse(childOut) as { statuses: Record<string, number>; cpuMs: number });
+      else reject(new Error(`burst process exited ${code}`));
+    }),
+  );
+  const envoy = envoyPid();
+  const cpu0 = { envoy: envoy ? cpuMs(envoy) : NaN, self: cpuMs(process.pid) };
+  const t0 = performance.now();
+  const during: number[] = [];
+  while (!burstDone && during.length < 2000) {
+    await new Promise((r) => setTimeout(r, PACE_MS));
+    const s = performance.now();
+    const r = await bob.client.callTool({ name: 'exec', arguments: { command: ['true'] } });
+    if (!burstDone) during.push(performance.now() - s);
+    if (r.isError) throw new Error('bob failed during the burst');
+  }
+  const out = await burst;
+  const durationMs = round3(performance.now() - t0);
+  const cpu = { envoy: round3((envoy ? cpuMs(envoy) : NaN) - cpu0.envoy), nodeUnderTest: round3(cpuMs(process.pid) - cpu0.self), burstClient: round3(out.cpuMs) };
+  await bob.close();
+  const b = summarize(baseline);
+  const d = summarize(during);
+  return {
+    summary: { mode, baselineMs: b, duringBurstMs: d, p99Ratio: round3(d.p99 / b.p99), p50Ratio: round3(d.p50 / b.p50), burst: { calls, concurrency, durationMs, statuses: out.statuses }, cpuMs: cpu },
+    baseline,
+    during,
+  };
+}
+
+/** min / median / max of per-round values */
+function spread(xs: number[]): { min: number; median: number; max: number; values: number[] } {
+  const s = [...xs].sort((a, b) => a - b);
+  return { min: round3(s[0] ?? NaN), median: round3(s.length ? (s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2) : NaN), max: round3(s.at(-1) ?? NaN), values: xs.map(round3) };
+}
+
+function round3(x: number): number {
   return Math.round(x * 1000) / 1000;
 }
 
-/** Child process: POST `calls` tools/call exec true with keep-alive, `concurrency` at a time; print status counts. */
+/** Child process: POST `calls` tools/call exec true with keep-alive, `concurrency` at a time; print status counts and its CPU time. */
 async function burstChild(cfg: { url: string; token: string; headers: Record<string, string>; calls: number; concurrency: number }): Promise<void> {
   const agent = new http.Agent({ keepAlive: true, maxSockets: cfg.concurrency });
   const u = new URL(cfg.url);
@@ -237,7 +370,8 @@ async function burstChild(cfg: { url: string; token: string; headers: Record<str
     }),
   );
   agent.destroy();
-  process.stdout.write(JSON.stringify(statuses));
+  const u2 = process.cpuUsage();
+  process.stdout.write(JSON.stringify({ statuses, cpuMs: (u2.user + u2.system) / 1000 }));
 }
 
 if (process.env.PC_MCP_BURST) {

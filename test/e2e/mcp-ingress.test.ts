@@ -58,6 +58,7 @@ describe.skipIf(!gate.ok)('MCP ingress through a real Envoy (in-memory SandboxSe
 
   it('Envoy accepted the ingress listener, and a valid token initializes, lists, runs exec, writes then reads a file', async () => {
     expect(rejectedUpdates(await stack.envoy.admin.stats())).toEqual({});
+    const hits = (await stack.envoy.admin.stats())['http.mcp_ingress.jwt_authn.jwt_cache_hit'] ?? 0;
     const c = await stack.client(alice);
     try {
       const names = (await c.client.listTools()).tools.map((t) => t.name).sort();
@@ -68,6 +69,8 @@ describe.skipIf(!gate.ok)('MCP ingress through a real Envoy (in-memory SandboxSe
       const read = await c.client.callTool({ name: 'read_file', arguments: { path: '/work/notes.txt' } });
       expect(read.structuredContent).toMatchObject({ content: 'written through envoy' });
       expect(stack.gateway.counters().calls.exec?.ok).toBeGreaterThanOrEqual(1);
+      // the same token's later requests are served from jwt_authn's verified-token cache
+      expect((await stack.envoy.admin.stats())['http.mcp_ingress.jwt_authn.jwt_cache_hit']).toBeGreaterThanOrEqual(hits + 3);
     } finally {
       await c.close();
     }
@@ -150,6 +153,10 @@ describe.skipIf(!gate.ok)('MCP ingress through a real Envoy (in-memory SandboxSe
     const tools = (JSON.parse(sseData(list.body)) as { result: { tools: Array<{ name: string }> } }).result.tools.map((t) => t.name);
     expect(tools).not.toContain('exec');
     expect(tools).toContain('read_file');
+    // ext_authz decides on the same header: bob claiming to be alice is still bob
+    const spoofed = await mcpPost(stack.url, bob, sessionCall(3, 'exec', { command: ['id'] }), { ...hb, 'x-portcullis-caller': 'alice' });
+    expect(spoofed.status).toBe(403);
+    expect(spoofed.headers['x-deny-reason']).toBe('tool_not_allowed');
     // and the origin secret cannot be supplied by a client to reach the gateway another way
     const direct = await httpRequest(`http://${stack.gateway.address}/mcp`, { method: 'POST', headers: { 'x-portcullis-caller': 'alice', 'content-type': 'application/json' }, body: '{}' });
     expect(direct.status).toBe(401);

@@ -5,7 +5,7 @@ import type { Ir } from '../../policy/ir.js';
 import { generateTokenKey, localJwks } from '../../mcp/token.js';
 import { buildSnapshot } from '../snapshot.js';
 import { translate } from './index.js';
-import { callerBucket, ingressResources, INGRESS, PROTECTED_RESOURCE_PATH, protectedResourceMetadata, type IngressOptions } from './ingress.js';
+import { callerBucket, ingressResources, INGRESS, JWT_CACHE_SIZE, PROTECTED_RESOURCE_PATH, protectedResourceMetadata, type IngressOptions } from './ingress.js';
 
 const HEAD = 'apiVersion: portcullis/v1\nkind: Policy\ndeployment: { workloadTrustProfile: trusted_operator, runtime: gvisor }\n';
 const ir = (mcp: string): Ir => compileText(`${HEAD}mcp:\n${mcp}`, { file: 'p.yaml', baseDir: '/etc/portcullis' });
@@ -69,8 +69,10 @@ describe('MCP ingress translation', () => {
       require_expiration: true,
       from_headers: [{ name: 'authorization', value_prefix: 'Bearer ' }],
       claim_to_headers: [{ header_name: 'x-portcullis-caller', claim_name: 'sub' }],
-      payload_in_metadata: 'jwt_payload',
+      jwt_cache_config: { jwt_cache_size: JWT_CACHE_SIZE },
     });
+    // the caller header is the identity downstream; the payload is not copied into every check and log
+    expect(p).not.toHaveProperty('payload_in_metadata');
     expect(JSON.parse(p.local_jwks.inline_string).keys[0]).not.toHaveProperty('d');
     const o = parts(OIDC, { ...OPTS, localJwks: undefined }).byName('envoy.filters.http.jwt_authn').providers[INGRESS.provider];
     expect(o).toMatchObject({ issuer: 'https://idp.example.com/', audiences: ['mcp-a', 'mcp-b'], claim_to_headers: [{ claim_name: 'email' }] });
@@ -99,7 +101,9 @@ describe('MCP ingress translation', () => {
     expect(post.typed_per_filter_config['envoy.filters.http.buffer'].buffer.max_request_bytes).toBe(1024 * 1024);
     expect(post.typed_per_filter_config['envoy.filters.http.ext_authz'].check_settings.with_request_body).toEqual({ max_request_bytes: 1024 * 1024, allow_partial_message: false, pack_as_bytes: true });
     const ea = byName('envoy.filters.http.ext_authz');
-    expect(ea).toMatchObject({ failure_mode_allow: false, with_request_body: { allow_partial_message: false }, metadata_context_namespaces: ['envoy.filters.http.jwt_authn'] });
+    expect(ea).toMatchObject({ failure_mode_allow: false, with_request_body: { allow_partial_message: false } });
+    expect(ea).not.toHaveProperty('metadata_context_namespaces');
+    expect(ea.allowed_headers.patterns).toContainEqual({ exact: 'x-portcullis-caller' });
     expect(JSON.stringify(ea.allowed_headers)).not.toContain('authorization');
   });
 

@@ -5,7 +5,7 @@ import { duration } from '../../envoy/bootstrap.js';
 import { EXPLANATIONS, jsonRpcErrorBody, type McpReason } from '../../mcp/errors.js';
 import { CALLER_HEADER, MCP_PATH, ORIGIN_HEADER } from '../../mcp/headers.js';
 import { DEFAULT_AUDIENCE, LOCAL_ISSUER } from '../../mcp/token.js';
-import { INGRESS_EDGE_LOG_NAME, INGRESS_LOG_NAME, JWT_FILTER, JWT_PAYLOAD_KEY, LEASE_METADATA_KEY, MCP_AUTHZ_LANE, callerClaimOf } from '../authz.js';
+import { INGRESS_EDGE_LOG_NAME, INGRESS_LOG_NAME, JWT_FILTER, LEASE_METADATA_KEY, MCP_AUTHZ_LANE, callerClaimOf } from '../authz.js';
 import { ADS_SOURCE, DENY_HEADER, routerFilter, typedStruct } from './common.js';
 
 /**
@@ -16,11 +16,18 @@ import { ADS_SOURCE, DENY_HEADER, routerFilter, typedStruct } from './common.js'
  * 2. `jwt_authn`: local mode validates tokens from `portcullis token issue` against the inline JWKS
  *    of the local key; oidc mode validates issuer + audiences against the IdP's remote JWKS. Every
  *    path requires a token except the RFC 9728 metadata document. On success the caller claim is
- *    copied into `x-portcullis-caller` (the only identity the gateway trusts) and the payload into
- *    the metadata ext_authz reads; the token itself is not forwarded. Failure → 401 with
+ *    copied into `x-portcullis-caller`: the one identity the rate limiter, ext_authz and the gateway
+ *    all use (filter 1 removed any client-sent copy, so only jwt_authn can have set it). The token
+ *    itself is not forwarded, and the payload is not put in the dynamic metadata: nothing reads it,
+ *    and every ext_authz check and every access-log entry would carry it. Verified tokens are cached
+ *    (JWT_CACHE_SIZE, LRU, tokens up to 4 KiB), so a caller's repeated requests skip the signature
+ *    check; a hit re-checks `exp`/`nbf`, with Envoy's fixed 60 s skew instead of our 30 s, and a new
+ *    JWKS (a new filter config) starts an empty cache. Failure → 401 with
  *    `WWW-Authenticate: Bearer resource_metadata="…/.well-known/oauth-protected-resource"`;
  * 3. `local_ratelimit`: one token bucket per caller (dynamic descriptor keyed by the caller header),
- *    `requestsPerMinute` sustained with a burst of ten seconds' worth, 429 `rate_limited`;
+ *    `requestsPerMinute` sustained with a burst of ten seconds' worth, 429 `rate_limited`. It runs
+ *    before the body is buffered and before ext_authz, so a caller over its rate costs Envoy a
+ *    cached token lookup and a local reply, and the control plane nothing but a batched log entry;
  * 4. `buffer`: body cap `maxBodyBytes`, 413 `body_too_large` (off for GET/DELETE);
  * 5. `ext_authz` (gRPC, control plane, failure closed) with the body: closed schema + per-tool
  *    decision + the per-caller concurrency ceiling (xds-server/authz.ts);
@@ -72,6 +79,9 @@ export interface IngressOptions {
   /** listener-wide ceiling on downstream connections (authenticated or not); default 4096 */
   maxConnections?: number;
 }
+
+/** verified tokens jwt_authn keeps (per worker) so a caller's next request skips the signature check */
+export const JWT_CACHE_SIZE = 1024;
 
 export const DEFAULT_SYSTEM_CA = '/etc/ssl/certs/ca-certificates.crt';
 
@@ -145,10 +155,10 @@ function jwtProvider(ir: Ir, o: IngressOptions): Record<string, unknown> {
   const common = {
     from_headers: [{ name: 'authorization', value_prefix: 'Bearer ' }],
     forward: false,
-    payload_in_metadata: JWT_PAYLOAD_KEY,
     claim_to_headers: [{ header_name: CALLER_HEADER, claim_name: callerClaimOf(ir) }],
     require_expiration: true,
     clock_skew_seconds: 30,
+    jwt_cache_config: { jwt_cache_size: JWT_CACHE_SIZE },
   };
   if (ir.mcp.auth.mode === 'local') {
     if (!o.localJwks || o.localJwks.keys.length === 0) throw new Error('ingress: local auth mode needs the local token JWKS (localJwks)');
@@ -281,8 +291,7 @@ export function ingressResources(ir: Ir, o: IngressOptions) {
         failure_mode_allow: false,
         status_on_error: { code: 'ServiceUnavailable' },
         with_request_body: { max_request_bytes: BODY_CEILING, allow_partial_message: false, pack_as_bytes: true },
-        metadata_context_namespaces: [JWT_FILTER],
-        // the bearer token never reaches the control plane
+        // the bearer token never reaches the control plane; the caller header is the verified claim
         allowed_headers: { patterns: [{ exact: 'x-request-id' }, { exact: 'content-type' }, { exact: 'mcp-session-id' }, { exact: CALLER_HEADER }] },
         include_peer_certificate: false,
         stat_prefix: 'mcp_ingress',
