@@ -11,12 +11,11 @@
  * This kernel has no netem, so network round-trip time cannot be added; the 20 ms is the upstream's
  * answer time (`?delay=20`).
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import tls from 'node:tls';
-import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
 import { createTestNet } from '../harness/netns.js';
 import { startUpstream } from '../harness/upstream.js';
@@ -37,50 +36,6 @@ const N = Number(process.env.BENCH_N ?? 1000);
 const PORT = 8443;
 const log = (s: string) => process.stderr.write(`${s}\n`);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pc-bench-egress-'));
-
-/** Read one HTTP/1.1 response (Content-Length bodies) from a socket; resolves with the status. */
-function readResponse(sock: net.Socket): Promise<number> {
-  return new Promise((resolve, reject) => {
-    let buf = Buffer.alloc(0);
-    const onData = (d: Buffer) => {
-      buf = Buffer.concat([buf, d]);
-      const end = buf.indexOf('\r\n\r\n');
-      if (end < 0) return;
-      const head = buf.subarray(0, end).toString('latin1');
-      const len = Number(/content-length: (\d+)/i.exec(head)?.[1] ?? 0);
-      if (buf.length - end - 4 < len) return;
-      sock.off('data', onData);
-      sock.off('error', reject);
-      resolve(Number(head.split(' ')[1]));
-    };
-    sock.on('data', onData);
-    sock.once('error', reject);
-  });
-}
-
-async function tlsTo(host: string, sni: string, ca: string, via?: { proxy: string; port: number; authority: string; token?: string }): Promise<tls.TLSSocket> {
-  let raw: net.Socket;
-  if (via) {
-    raw = net.connect(via.port, via.proxy);
-    await new Promise((r) => raw.once('connect', r));
-    const auth = via.token ? `Proxy-Authorization: Basic ${Buffer.from(`session:${via.token}`).toString('base64')}\r\n` : '';
-    raw.write(`CONNECT ${via.authority} HTTP/1.1\r\nHost: ${via.authority}\r\n${auth}\r\n`);
-    const status = await readResponse(raw);
-    if (status !== 200) throw new Error(`CONNECT ${status}`);
-  } else {
-    raw = net.connect(PORT, host);
-    await new Promise((r) => raw.once('connect', r));
-  }
-  const s = tls.connect({ socket: raw, servername: sni, ca });
-  await new Promise((r, j) => s.once('secureConnect', r).once('error', j));
-  return s;
-}
-
-async function get(s: tls.TLSSocket, host: string, delayMs = 0): Promise<number> {
-  const p = readResponse(s);
-  s.write(`GET /bench${delayMs ? `?delay=${delayMs}` : ''} HTTP/1.1\r\nHost: ${host}:${PORT}\r\n\r\n`);
-  return p;
-}
 
 const WILD = Array.from({ length: 30 }, (_, i) => `n${i}.wild.bench.test`);
 
@@ -131,67 +86,48 @@ try {
   const envoy = await EnvoyProcess.start({ bootstrap: { nodeId: 'bench', xds: { port: cp.server.port } }, logger: silentLogger() });
   await envoy.waitForVersion(XDS.listener, snap.version, 20_000);
 
-  const proxy = { proxy: tn.rootIp, port: egressPort };
-  const modes = {
-    direct: { host: 't.bench.test', ca: ca.certPem, via: undefined },
-    transparent: { host: 't.bench.test', ca: ca.certPem, via: { ...proxy, authority: `t.bench.test:${PORT}`, token } },
-    bump: { host: 'b.bench.test', ca: depCa, via: { ...proxy, authority: `b.bench.test:${PORT}`, token } },
-  } as const;
-
+  // The measuring client runs in its own process (test/bench/egress-client.ts), so its CPU does not
+  // share an event loop with the control plane answering ext_authz and access logs.
+  const plan = {
+    port: PORT,
+    n: N,
+    upIp,
+    proxy: { proxy: tn.rootIp, port: egressPort },
+    token,
+    caPem: { upstream: ca.certPem, deployment: depCa },
+    delays: [0, 20],
+    wild: WILD,
+  };
+  const planFile = path.join(tmp, 'plan.json');
+  fs.writeFileSync(planFile, JSON.stringify(plan), { mode: 0o600 });
+  // (spawned asynchronously: this process must keep answering ext_authz and access logs meanwhile)
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(path.dirname(fileURLToPath(import.meta.url)), 'egress-client.ts'), planFile], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
+  const code = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+  if (code !== 0) throw new Error(`egress client exited ${code}`);
+  const raw = JSON.parse(out) as {
+    byDelay: Record<string, Record<string, { keepAlive: number[]; newConnection: number[] }>>;
+    firstSni: number[];
+    cachedSni: number[];
+  };
   const results: Record<string, Record<string, unknown>> = {};
   const ratios: Record<string, unknown> = {};
-  for (const delay of [0, 20]) {
-    const label = delay ? `upstream answers in ${delay} ms` : 'upstream answers at once';
+  for (const [delay, modes] of Object.entries(raw.byDelay)) {
     const res: Record<string, { keepAliveMs: ReturnType<typeof summarize>; newConnectionMs: ReturnType<typeof summarize> }> = {};
-    for (const [mode, m] of Object.entries(modes)) {
-      // keep-alive: one connection (one tunnel), N requests
-      const s = await tlsTo(upIp, m.host, m.ca, m.via);
-      for (let i = 0; i < 50; i++) await get(s, m.host, delay); // warm-up
-      const ka: number[] = [];
-      for (let i = 0; i < N; i++) {
-        const t0 = performance.now();
-        if ((await get(s, m.host, delay)) !== 200) throw new Error(`${mode}: non-200`);
-        ka.push(performance.now() - t0);
-      }
-      s.destroy();
-      // new connection per request (TCP + CONNECT + TLS + request)
-      const nc: number[] = [];
-      for (let i = 0; i < N; i++) {
-        const t0 = performance.now();
-        const c = await tlsTo(upIp, m.host, m.ca, m.via);
-        if ((await get(c, m.host, delay)) !== 200) throw new Error(`${mode}: non-200`);
-        nc.push(performance.now() - t0);
-        c.destroy();
-      }
-      res[mode] = { keepAliveMs: summarize(ka), newConnectionMs: summarize(nc) };
-      log(`[${label}] ${mode}: keep-alive p50 ${res[mode].keepAliveMs.p50} p99 ${res[mode].keepAliveMs.p99} ms; new-connection p50 ${res[mode].newConnectionMs.p50} p99 ${res[mode].newConnectionMs.p99} ms`);
-    }
+    for (const [mode, m] of Object.entries(modes)) res[mode] = { keepAliveMs: summarize(m.keepAlive), newConnectionMs: summarize(m.newConnection) };
     const r = (k: string, which: 'keepAliveMs' | 'newConnectionMs', p: 'p50' | 'p99') => Math.round((res[k]![which][p] / res.direct![which][p]) * 1000) / 1000;
     const added = (k: string, which: 'keepAliveMs' | 'newConnectionMs', p: 'p50' | 'p99') => Math.round((res[k]![which][p] - res.direct![which][p]) * 1000) / 1000;
-    const key = delay ? `upstream${delay}ms` : 'upstreamImmediate';
+    const both = (k: string, f: typeof r) => ({ keepAliveP50: f(k, 'keepAliveMs', 'p50'), keepAliveP99: f(k, 'keepAliveMs', 'p99'), newConnectionP50: f(k, 'newConnectionMs', 'p50'), newConnectionP99: f(k, 'newConnectionMs', 'p99') });
+    const key = Number(delay) ? `upstream${delay}ms` : 'upstreamImmediate';
     results[key] = res;
-    ratios[key] = {
-      transparentOverDirect: { keepAliveP50: r('transparent', 'keepAliveMs', 'p50'), keepAliveP99: r('transparent', 'keepAliveMs', 'p99'), newConnectionP50: r('transparent', 'newConnectionMs', 'p50'), newConnectionP99: r('transparent', 'newConnectionMs', 'p99') },
-      bumpOverDirect: { keepAliveP50: r('bump', 'keepAliveMs', 'p50'), keepAliveP99: r('bump', 'keepAliveMs', 'p99'), newConnectionP50: r('bump', 'newConnectionMs', 'p50'), newConnectionP99: r('bump', 'newConnectionMs', 'p99') },
-      addedMs: {
-        transparent: { keepAliveP50: added('transparent', 'keepAliveMs', 'p50'), keepAliveP99: added('transparent', 'keepAliveMs', 'p99'), newConnectionP50: added('transparent', 'newConnectionMs', 'p50'), newConnectionP99: added('transparent', 'newConnectionMs', 'p99') },
-        bump: { keepAliveP50: added('bump', 'keepAliveMs', 'p50'), keepAliveP99: added('bump', 'keepAliveMs', 'p99'), newConnectionP50: added('bump', 'newConnectionMs', 'p50'), newConnectionP99: added('bump', 'newConnectionMs', 'p99') },
-      },
-    };
-    log(`[${label}] ${JSON.stringify(ratios[key])}`);
+    ratios[key] = { transparentOverDirect: both('transparent', r), bumpOverDirect: both('bump', r), addedMs: { transparent: both('transparent', added), bump: both('bump', added) } };
+    log(`[${key}] ${JSON.stringify(ratios[key])}`);
   }
-
-  // a never-seen SNI under a wildcard bump rule (leaf minted on demand, mid-handshake) vs the same SNI again
-  const firstSni: number[] = [];
-  const cachedSni: number[] = [];
-  for (const host of WILD) {
-    for (const bucket of [firstSni, cachedSni]) {
-      const t0 = performance.now();
-      const c = await tlsTo(upIp, host, depCa, { ...proxy, authority: `${host}:${PORT}`, token });
-      bucket.push(performance.now() - t0);
-      c.destroy();
-    }
-  }
+  const firstSni = raw.firstSni;
+  const cachedSni = raw.cachedSni;
   const diffs = firstSni.map((v, i) => v - cachedSni[i]!).sort((a, b) => a - b);
   log(`first handshake to a new SNI: p50 ${summarize(firstSni).p50} ms, same SNI again p50 ${summarize(cachedSni).p50} ms`);
   const file = writeResult('egress', {
@@ -205,7 +141,7 @@ try {
       firstMinusAgainMs: summarize(diffs),
     },
     goals: { transparentP99OverDirect: 1.05, bumpP99OverDirectCachedLeaf: 1.1, firstHandshakeNewSniAboveCachedMs: 50 },
-    notes: 'client, Envoy, the control plane and the upstream share the 2 cores; the upstream runs in a network namespace on the same machine (no netem on this kernel: the 20 ms is the upstream answer time)',
+    notes: 'client (its own process), Envoy, the control plane and the upstream share the 2 cores; the upstream runs in a network namespace on the same machine (no netem on this kernel: the 20 ms is the upstream answer time)',
   });
   log(`ratios ${JSON.stringify(ratios)}; wrote ${file}`);
   await envoy.stop();
