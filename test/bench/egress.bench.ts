@@ -130,7 +130,7 @@ try {
   const cachedSni = raw.cachedSni;
   const diffs = firstSni.map((v, i) => v - cachedSni[i]!).sort((a, b) => a - b);
   log(`first handshake to a new SNI: p50 ${summarize(firstSni).p50} ms, same SNI again p50 ${summarize(cachedSni).p50} ms`);
-  const file = writeResult('egress', {
+  const file = writeResult(process.env.PORTCULLIS_BENCH_NAME ?? 'egress', {
     n: N,
     config: 'egress listener as `portcullis up` runs it: session credential on every tunnel (ext_authz), gRPC access logs, resolved-IP deny-set',
     results,
