@@ -122,19 +122,7 @@ export async function startMcpStack(o: McpStackOptions): Promise<McpStack> {
         if (changed) await envoy.waitForVersion(t, s.version, 20_000);
       }
     },
-    async client(token, name = 'portcullis-test') {
-      const client = new Client({ name, version: '1.0.0' });
-      const transport = new StreamableHTTPClientTransport(new URL(url), token ? { requestInit: { headers: { authorization: `Bearer ${token}` } } } : {});
-      await client.connect(transport);
-      return {
-        client,
-        transport,
-        close: async () => {
-          await transport.terminateSession().catch(() => undefined);
-          await client.close().catch(() => undefined);
-        },
-      };
-    },
+    client: (token, name = 'portcullis-test') => connectMcpClient(url, token ? { authorization: `Bearer ${token}` } : {}, name),
     async close() {
       await envoy.stop().catch(() => undefined);
       await gateway.close().catch(() => undefined);
@@ -142,6 +130,25 @@ export async function startMcpStack(o: McpStackOptions): Promise<McpStack> {
     },
   };
   return stack;
+}
+
+/** The SDK client over Streamable HTTP with these headers; `close` ends the MCP session (DELETE) too. */
+export async function connectMcpClient(
+  url: string,
+  headers: Record<string, string>,
+  name = 'portcullis-test',
+): Promise<{ client: Client; transport: StreamableHTTPClientTransport; close(): Promise<void> }> {
+  const client = new Client({ name, version: '1.0.0' });
+  const transport = new StreamableHTTPClientTransport(new URL(url), Object.keys(headers).length ? { requestInit: { headers } } : {});
+  await client.connect(transport);
+  return {
+    client,
+    transport,
+    close: async () => {
+      await transport.terminateSession().catch(() => undefined);
+      await client.close().catch(() => undefined);
+    },
+  };
 }
 
 export interface RawResponse {

@@ -21,7 +21,8 @@ import { XDS } from '../../envoy/api/type-urls.js';
 import { AuditWriter } from '../../audit/writer.js';
 import { MemorySandbox } from '../../mcp/testkit.js';
 import { CALLER_HEADER, McpGateway, type GatewaySandbox } from '../../mcp/gateway.js';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { connectMcpClient } from './mcp-stack.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { EventBus } from '../../common/events.js';
 import { Supervisor } from '../../sandbox/supervisor.js';
@@ -284,19 +285,7 @@ export async function startOperatorStack(o: OperatorStackOptions): Promise<Opera
       ...(supervisor ? { supervisor } : {}),
       sandboxEvents,
       gateway,
-      async mcp(caller) {
-        const client = new Client({ name: 'operator-e2e', version: '1.0.0' });
-        const transport = new StreamableHTTPClientTransport(new URL(`http://${gateway.address}/mcp`), { requestInit: { headers: { [CALLER_HEADER]: caller } } });
-        await client.connect(transport);
-        return {
-          client,
-          transport,
-          close: async () => {
-            await transport.terminateSession().catch(() => undefined);
-            await client.close().catch(() => undefined);
-          },
-        };
-      },
+      mcp: (caller) => connectMcpClient(`http://${gateway.address}/mcp`, { [CALLER_HEADER]: caller }, 'operator-e2e'),
       sessions,
       receiver,
       audit,
