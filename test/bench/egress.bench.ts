@@ -83,7 +83,11 @@ try {
   });
   await cp.listen();
   const snap = cp.apply(ir, { immediate: true });
-  const envoy = await EnvoyProcess.start({ bootstrap: { nodeId: 'bench', xds: { port: cp.server.port } }, logger: silentLogger() });
+  const envoy = await EnvoyProcess.start({
+    bootstrap: { nodeId: 'bench', xds: { port: cp.server.port } },
+    logger: silentLogger(),
+    ...(process.env.PORTCULLIS_BENCH_ENVOY_CONCURRENCY ? { concurrency: Number(process.env.PORTCULLIS_BENCH_ENVOY_CONCURRENCY) } : {}),
+  });
   await envoy.waitForVersion(XDS.listener, snap.version, 20_000);
 
   // The measuring client runs in its own process (test/bench/egress-client.ts), so its CPU does not
