@@ -89,8 +89,9 @@ export class ControlPlane {
   /**
    * Envoy asks for a secret the snapshot lacks: for a wildcard bump rule, the secret name is the
    * guest's SNI. Mint a leaf that covers it (only if the policy allows it at a bump rung) and publish
-   * at once, so the paused handshake resumes with it. Anything else stays missing (Delta reports it
-   * removed and the handshake fails; nothing is ever issued for a name the policy does not allow).
+   * at once, so the paused handshake resumes with it. Anything else stays missing: it is never
+   * answered, so the handshake waiting on it fails at the client's timeout, and nothing is ever issued
+   * for a name the policy does not allow.
    */
   private onMissingSecrets(key: string, typeUrl: string, names: readonly string[]): void {
     if (key !== this.o.nodeKey || typeUrl !== XDS.secret || !this.lastIr || !this.o.bump) return;

@@ -421,3 +421,18 @@ describe('secrets made on demand (the cache resolver)', () => {
     expect(t.deltas.flatMap((r) => (r.resources ?? []).map((x) => x.name))).toEqual([]);
   });
 });
+
+describe('secrets made on demand: asked once per name', () => {
+  it('an ACK repeating the subscribed names does not ask the resolver again', () => {
+    const t = setup();
+    t.cache.setNow('envoy-1', fakeSnapshot('v1', { [XDS.secret]: { 'leaf:a': '1' } }));
+    const asked: string[][] = [];
+    t.cache.onMissing((_k, _t, missing) => asked.push([...missing]));
+    const s = t.sotw();
+    s.onRequest(sotwReq({ node: NODE, type_url: XDS.secret, resource_names: ['leaf:a', 'refused.example.org'] }));
+    const r = t.sent.at(-1)!;
+    s.onRequest(sotwReq({ type_url: XDS.secret, resource_names: ['leaf:a', 'refused.example.org'], version_info: r.version_info!, response_nonce: r.nonce! }));
+    s.onRequest(sotwReq({ type_url: XDS.secret, resource_names: ['leaf:a', 'refused.example.org', 'new.example.org'], version_info: r.version_info!, response_nonce: r.nonce! }));
+    expect(asked).toEqual([['refused.example.org'], ['new.example.org']]);
+  });
+});

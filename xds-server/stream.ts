@@ -178,7 +178,7 @@ abstract class XdsStream<Req extends { response_nonce: string; type_url: string;
         else this.onAck(typeUrl, st, nonce);
       }
     }
-    this.resolveMissing(typeUrl, req);
+    this.resolveMissing(typeUrl, st, req);
     this.onSubscription(typeUrl, st, req, !nonce);
     this.maybeRemove();
   }
@@ -192,12 +192,15 @@ abstract class XdsStream<Req extends { response_nonce: string; type_url: string;
     return false;
   }
 
-  /** Names of this request the live snapshot lacks go to the cache's on-demand resolver (secrets only). */
-  private resolveMissing(typeUrl: XdsTypeUrl, req: Req): void {
+  /**
+   * Names this request newly subscribes to that the live snapshot lacks go to the cache's on-demand
+   * resolver (secrets only). Names already subscribed (an ACK repeats them) are not asked again.
+   */
+  private resolveMissing(typeUrl: XdsTypeUrl, st: TypeState, req: Req): void {
     if (typeUrl !== XDS.secret || !this.key) return;
     const snap = this.snapshot();
     const have = snap?.resources.get(typeUrl);
-    const missing = this.requestedNames(req).filter((n) => n !== '*' && !have?.has(n));
+    const missing = this.requestedNames(req).filter((n) => n !== '*' && !st.names.has(n) && !have?.has(n));
     if (missing.length) this.deps.cache.resolveMissing(this.key, typeUrl, missing);
   }
 
