@@ -32,7 +32,7 @@ import { EXIT, Progress, type CliIo } from './io.js';
 import { portFree, PREREQS, SANDBOX_IMAGE_HINT } from './doctor.js';
 
 export const UP_USAGE = `Usage: portcullis up [--policy FILE] [--data-dir DIR] [--mcp HOST:PORT] [--egress HOST:PORT]
-                     [--dns IP:PORT]... [--sub NAME] [--ads sotw|delta] [--json]
+                     [--dns IP:PORT]... [--sub NAME] [--node-id ID] [--ads sotw|delta] [--json]
 
 Starts the whole solo shelf with the policy (default: the solo default policy): the control plane
 (xDS, SDS, ext_authz, access logs), the certificate minter, the gVisor sandbox supervisor with its MCP
@@ -45,7 +45,9 @@ or SIGTERM, when it stops everything in order (no container, network, firewall r
   --mcp HOST:PORT   the MCP ingress listener (default: the policy's mcp.listen)
   --egress HOST:PORT the sandbox egress listener (default 0.0.0.0:15001, served to the sandbox pool only)
   --dns IP:PORT     resolver(s) Envoy's forward proxy uses (default: $PORTCULLIS_DNS_RESOLVERS, else the system's)
-  --sub NAME        caller name in the printed token (default: your user name)`;
+  --sub NAME        caller name in the printed token (default: your user name)
+  --node-id ID      this Envoy's node id (default portcullis-envoy-0)
+  --ads sotw|delta  the ADS flavour Envoy speaks (default sotw)`;
 
 export interface UpReady {
   ready: true;
