@@ -16,7 +16,6 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { SignJWT, exportJWK, generateKeyPair } from 'jose';
 import { createTestNet } from '../harness/netns.js';
 import { startUpstream } from '../harness/upstream.js';
 import { startDnsServerIn } from '../harness/dns-server.js';
@@ -24,7 +23,8 @@ import { createTestCa } from '../harness/test-ca.js';
 import { freePort } from '../harness/ports.js';
 import { compileText } from '../../policy/compile.js';
 import { ControlPlane } from '../../xds-server/control-plane.js';
-import { JwtSessions, SESSION_AUDIENCE } from '../../xds-server/sessions.js';
+import { JwtSessions } from '../../xds-server/sessions.js';
+import { testSessionKey } from '../harness/session-keys.js';
 import { Minter } from '../../sds-minter/index.js';
 import { EnvoyProcess, stopAllEnvoys } from '../../envoy/process.js';
 import { XDS_CLUSTER_NAME } from '../../envoy/bootstrap.js';
@@ -51,9 +51,8 @@ try {
     netns: tn.host('dns').netns,
     zone: { 't.bench.test': { A: [upIp] }, 'b.bench.test': { A: [upIp] }, 'b2.bench.test': { A: [upIp] }, ...Object.fromEntries(WILD.map((h) => [h, { A: [upIp] }])) },
   });
-  const kp = await generateKeyPair('EdDSA', { crv: 'Ed25519' });
-  const jwk = { ...(await exportJWK(kp.publicKey)), kid: 'k', alg: 'EdDSA' };
-  const token = await new SignJWT({ sid: 'bench' }).setProtectedHeader({ alg: 'EdDSA', kid: 'k' }).setAudience(SESSION_AUDIENCE).setExpirationTime('1h').sign(kp.privateKey);
+  const { jwk, token: sign } = await testSessionKey();
+  const token = await sign('bench', 3600);
   const minter = await Minter.open({ dataDir: path.join(tmp, 'minter'), deploymentId: 'bench', policy: [], logger: silentLogger() });
   const depCa = minter.bundlePem();
   const ir = compileText(

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SignJWT, exportJWK, generateKeyPair, type JWK } from 'jose';
+import type { JWK } from 'jose';
 import { e2eGate } from '../harness/e2e-gate.js';
 import { createTestNet, type TestNet } from '../harness/netns.js';
 import { startUpstream, type Upstream } from '../harness/upstream.js';
@@ -17,7 +17,8 @@ import type { Ir } from '../../policy/ir.js';
 import { ControlPlane } from '../../xds-server/control-plane.js';
 import { XdsServer } from '../../xds-server/server.js';
 import { buildSnapshot } from '../../xds-server/snapshot.js';
-import { JwtSessions, SESSION_AUDIENCE } from '../../xds-server/sessions.js';
+import { JwtSessions } from '../../xds-server/sessions.js';
+import { testSessionKey, type TestSessionKey } from '../harness/session-keys.js';
 import { Minter } from '../../sds-minter/index.js';
 import { EnvoyProcess, stopAllEnvoys } from '../../envoy/process.js';
 import { rejectedUpdates } from '../../envoy/admin.js';
@@ -51,16 +52,9 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
   let egressPort: number;
   let deploymentCaFile: string;
   let jwk: JWK;
-  let signKey: Awaited<ReturnType<typeof generateKeyPair>>['privateKey'];
   const keyFile = path.join(tmp, 'upstream.key');
 
-  const token = (sid: string, expSec = 600) =>
-    new SignJWT({ sid })
-      .setProtectedHeader({ alg: 'EdDSA', kid: 'k1' })
-      .setAudience(SESSION_AUDIENCE)
-      .setIssuedAt()
-      .setExpirationTime(Math.floor(Date.now() / 1000) + expSec)
-      .sign(signKey);
+  let token: TestSessionKey['token'];
 
   beforeAll(async () => {
     tn = await createTestNet({ hosts: ['up', 'bad', 'self', 'dns', 'cli'] });
@@ -121,9 +115,9 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
       ].join('\n'),
     );
 
-    const kp = await generateKeyPair('EdDSA', { crv: 'Ed25519' });
-    signKey = kp.privateKey;
-    jwk = { ...(await exportJWK(kp.publicKey)), kid: 'k1', alg: 'EdDSA' };
+    const key = await testSessionKey();
+    token = key.token;
+    jwk = key.jwk;
     sessions = new JwtSessions({ jwks: () => ({ keys: [jwk] }) });
     minter = await Minter.open({ dataDir: path.join(tmp, 'minter'), deploymentId: 'bump-e2e', policy: [], logger: silentLogger() });
     deploymentCaFile = path.join(tmp, 'deployment-ca.pem');

@@ -10,12 +10,11 @@ import { createTestCa } from '../harness/test-ca.js';
 import { eventually, freePort } from '../harness/ports.js';
 import { compileText } from '../../policy/compile.js';
 import type { Ir } from '../../policy/ir.js';
-import { ControlPlane } from '../../xds-server/control-plane.js';
-import { EnvoyProcess, stopAllEnvoys } from '../../envoy/process.js';
+import type { ControlPlane } from '../../xds-server/control-plane.js';
+import { stopAllEnvoys, type EnvoyProcess } from '../../envoy/process.js';
 import { rejectedUpdates } from '../../envoy/admin.js';
-import { XDS } from '../../envoy/api/type-urls.js';
-import { silentLogger } from '../../common/logger.js';
 import type { NetworkEvent } from '../../xds-server/als.js';
+import { startEgressStack } from '../harness/egress-stack.js';
 import { SNI } from '../../xds-server/translate/sni.js';
 
 /**
@@ -79,21 +78,14 @@ describe.skipIf(!gate.ok)('egress, transparent rung: the ClientHello SNI must be
     });
     ir = compileText(POLICY, { file: 'egress-sni-test.yaml', baseDir: tmp });
     egressPort = await freePort();
-    cp = new ControlPlane({
-      logger: silentLogger(),
+    ({ cp, envoy } = await startEgressStack({
       nodeKey: 'egress-sni-e2e',
+      ir,
       translate: {
         egress: { listen: { address: tn.rootIp, port: egressPort }, dnsResolvers: [`${tn.host('dns').ip}:53`], dnsRefreshSeconds: 5, accessLogCluster: 'portcullis_xds' },
       },
-    });
-    cp.events.on((e) => {
-      if (e.type === 'network.egress' || e.type === 'network.denied') netEvents.push(e.data as unknown as NetworkEvent);
-    });
-    await cp.listen();
-    const snap = cp.apply(ir, { immediate: true });
-    envoy = await EnvoyProcess.start({ bootstrap: { nodeId: 'egress-sni-e2e', xds: { port: cp.server.port } }, logger: silentLogger() });
-    await envoy.waitConnected();
-    await envoy.waitForVersion(XDS.listener, snap.version, 20_000);
+      onNetworkEvent: (e) => netEvents.push(e),
+    }));
   });
 
   afterAll(async () => {

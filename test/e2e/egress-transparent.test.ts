@@ -12,12 +12,11 @@ import { freePort } from '../harness/ports.js';
 import { compileText } from '../../policy/compile.js';
 import { explain } from '../../policy/explain.js';
 import type { Ir } from '../../policy/ir.js';
-import { ControlPlane } from '../../xds-server/control-plane.js';
-import { EnvoyProcess, stopAllEnvoys } from '../../envoy/process.js';
+import type { ControlPlane } from '../../xds-server/control-plane.js';
+import { stopAllEnvoys, type EnvoyProcess } from '../../envoy/process.js';
 import { rejectedUpdates } from '../../envoy/admin.js';
-import { XDS } from '../../envoy/api/type-urls.js';
-import { silentLogger } from '../../common/logger.js';
 import type { NetworkEvent } from '../../xds-server/als.js';
+import { startEgressStack } from '../harness/egress-stack.js';
 import { eventually } from '../harness/ports.js';
 
 /**
@@ -149,22 +148,15 @@ describe.skipIf(!gate.ok)('egress, transparent rung, through a real Envoy', () =
     egressPort = await freePort();
     storagePort = await freePort();
     const resolvers = [`${tn.host('dns').ip}:53`];
-    cp = new ControlPlane({
-      logger: silentLogger(),
+    ({ cp, envoy } = await startEgressStack({
       nodeKey: 'egress-e2e',
+      ir,
       translate: {
         egress: { listen: { address: tn.rootIp, port: egressPort }, dnsResolvers: resolvers, dnsRefreshSeconds: 1, accessLogCluster: 'portcullis_xds' },
         storage: { listen: { address: '127.0.0.1', port: storagePort }, dnsResolvers: resolvers, accessLogCluster: 'portcullis_xds' },
       },
-    });
-    cp.events.on((e) => {
-      if (e.type === 'network.egress' || e.type === 'network.denied') netEvents.push(e.data as unknown as NetworkEvent);
-    });
-    await cp.listen();
-    const snap = cp.apply(ir, { immediate: true });
-    envoy = await EnvoyProcess.start({ bootstrap: { nodeId: 'egress-e2e', xds: { port: cp.server.port } }, logger: silentLogger() });
-    await envoy.waitConnected();
-    await envoy.waitForVersion(XDS.listener, snap.version, 20_000);
+      onNetworkEvent: (e) => netEvents.push(e),
+    }));
   });
 
   afterAll(async () => {

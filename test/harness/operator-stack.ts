@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
-import { SignJWT, exportJWK, generateKeyPair, type JWK } from 'jose';
+import type { JWK } from 'jose';
 import { createTestNet, type TestNet } from './netns.js';
 import { startUpstream, PROJECT_ROOT, type Upstream } from './upstream.js';
 import { startDnsServerIn, type DnsServerProcess } from './dns-server.js';
@@ -13,7 +13,7 @@ import { silentLogger } from '../../common/logger.js';
 import { compileText } from '../../policy/compile.js';
 import type { Ir } from '../../policy/ir.js';
 import { ControlPlane } from '../../xds-server/control-plane.js';
-import { JwtSessions, SESSION_AUDIENCE } from '../../xds-server/sessions.js';
+import { JwtSessions } from '../../xds-server/sessions.js';
 import { Minter } from '../../sds-minter/index.js';
 import { EnvoyProcess, stopAllEnvoys, uniqueNodeId } from '../../envoy/process.js';
 import { XDS_CLUSTER_NAME } from '../../envoy/bootstrap.js';
@@ -23,6 +23,7 @@ import { MemorySandbox } from '../../mcp/testkit.js';
 import { CALLER_HEADER, McpGateway, type GatewaySandbox } from '../../mcp/gateway.js';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { connectMcpClient } from './mcp-stack.js';
+import { testSessionKey } from './session-keys.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { EventBus } from '../../common/events.js';
 import { Supervisor } from '../../sandbox/supervisor.js';
@@ -190,17 +191,9 @@ export async function startOperatorStack(o: OperatorStackOptions): Promise<Opera
       supervisor = sup;
       cleanups.push(() => sup.stop());
     }
-    const kp = await generateKeyPair('EdDSA', { crv: 'Ed25519' });
-    const jwk: JWK = { ...(await exportJWK(kp.publicKey)), kid: 'k1', alg: 'EdDSA' };
+    const { jwk, token } = await testSessionKey();
     // test tokens (k1) and, with the real supervisor, the supervisor's session keys
     const sessions = new JwtSessions({ jwks: () => ({ keys: [jwk, ...((supervisor?.jwks().keys ?? []) as JWK[])] }) });
-    const token = (sid: string, expSec = 600) =>
-      new SignJWT({ sid })
-        .setProtectedHeader({ alg: 'EdDSA', kid: 'k1' })
-        .setAudience(SESSION_AUDIENCE)
-        .setIssuedAt()
-        .setExpirationTime(Math.floor(Date.now() / 1000) + expSec)
-        .sign(kp.privateKey);
 
     const dataDir = path.join(tmp, 'data');
     const minter = await Minter.open({ dataDir: path.join(tmp, 'minter'), deploymentId: 'operator-e2e', policy: [], logger: silentLogger() });
