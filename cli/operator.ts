@@ -102,15 +102,15 @@ export async function runOperatorCli(argv: string[], io: CliIo, env: NodeJS.Proc
           need(3);
           r = await call('POST', `/v1/sessions/${encodeURIComponent(arg!)}/kill`, noteBody);
           render = (b) => {
-            const x = b.result as { sessionId: string; sandbox: string; revokeMs: number; totalMs: number; newlyDenied: boolean };
-            return `killed ${x.sessionId}: revoked at the edge in ${ms(x.revokeMs)}${x.newlyDenied ? '' : ' (already denied)'}, sandbox ${x.sandbox}, done in ${ms(x.totalMs)}`;
+            const x = b.result as { sessionId: string; sandbox: string; revokeMs: number; totalMs: number; newlyDenied: boolean; edgeEnforced: boolean };
+            return `killed ${x.sessionId}: revoked at the edge in ${ms(x.revokeMs)}${x.newlyDenied ? '' : ' (already denied)'}, sandbox ${x.sandbox}, done in ${ms(x.totalMs)}${edgeNote(x.edgeEnforced)}`;
           };
         } else if (sub === 'quarantine') {
           need(3);
           r = await call('POST', `/v1/sessions/${encodeURIComponent(arg!)}/quarantine`, noteBody);
           render = (b) => {
-            const x = b.result as { sessionId: string; sandbox: string };
-            return `quarantined ${x.sessionId}: egress revoked, sandbox ${x.sandbox}`;
+            const x = b.result as { sessionId: string; sandbox: string; edgeEnforced: boolean };
+            return `quarantined ${x.sessionId}: egress revoked, sandbox ${x.sandbox}${edgeNote(x.edgeEnforced)}`;
           };
         } else throw new Usage(`unknown sessions subcommand ${sub}`);
         break;
@@ -119,8 +119,8 @@ export async function runOperatorCli(argv: string[], io: CliIo, env: NodeJS.Proc
         if (!values.yes) throw new Usage('kill-all stops every session: confirm with --yes');
         r = await call('POST', '/v1/kill-all', noteBody);
         render = (b) => {
-          const x = b.result as { sessions: unknown[]; revokeAllMs: number; totalMs: number };
-          return `killed ${x.sessions.length} session(s): all revoked in ${ms(x.revokeAllMs)}, done in ${ms(x.totalMs)}`;
+          const x = b.result as { sessions: unknown[]; revokeAllMs: number; totalMs: number; edgeEnforced: boolean };
+          return `killed ${x.sessions.length} session(s): all revoked in ${ms(x.revokeAllMs)}, done in ${ms(x.totalMs)}${edgeNote(x.edgeEnforced)}`;
         };
         break;
       case 'denylist':
@@ -198,6 +198,11 @@ export async function runOperatorCli(argv: string[], io: CliIo, env: NodeJS.Proc
 
 // ---------------------------------------------------------------------------------------------
 // Human output
+
+/** An edge that did not confirm the deny routes is worth a line: open tunnels end with the teardown. */
+function edgeNote(enforced: boolean | undefined): string {
+  return enforced === false ? '\n  warning: Envoy did not confirm the deny routes within 2 s (new tunnels are refused; see operator_edge_unconfirmed_total)' : '';
+}
 
 function ms(v: number): string {
   return v < 1 ? `${(v * 1000).toFixed(0)} µs` : v < 1000 ? `${v.toFixed(1)} ms` : `${(v / 1000).toFixed(2)} s`;

@@ -264,7 +264,7 @@ export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSig
       supervisor,
       // a killed or revoked session is refused at the egress edge and at the MCP gateway, and its
       // sandbox loses its egress path at once (open tunnels included)
-      revokers: [sessions, gateway.revoker(), supervisor],
+      revokers: [cp.edgeRevoker(), gateway.revoker(), supervisor],
       // kill-all also reaches MCP sessions that have no sandbox yet
       sessionSources: [() => gw.liveSessions()],
       envoyStats: () => (envoy ? envoy.admin.stats('grpc_access_log') : Promise.resolve({})),

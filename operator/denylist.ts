@@ -7,7 +7,8 @@ import { Journal } from './journal.js';
 /**
  * The session denylist. Adding a session revokes it at every enforcer at once (synchronously,
  * before anything else happens): the egress edge (`JwtSessions`: Envoy's ext_authz refuses the
- * session's next tunnel and its next request inside a bumped tunnel), the supervisor's credential
+ * session's next tunnel; the control plane publishes the deny route that refuses its next request
+ * inside a bumped tunnel, and `enforced()` confirms Envoy holds it), the supervisor's credential
  * issuer, and whoever else registered. The list is persisted (`operator-denylist.jsonl` in the
  * data dir) and re-applied on start, so a restart does not re-open a killed session.
  */
@@ -32,6 +33,12 @@ export interface DenyEntry {
 /** Anything that can refuse a session from now on (JwtSessions, SessionCredentials, the gateway …). */
 export interface SessionRevoker {
   revoke(sessionId: string, reason?: RevocationReason): void;
+  /**
+   * For an enforcer that applies a revocation elsewhere (the egress edge: Envoy refuses the session
+   * inside open tunnels once it holds the new routes): resolves true once every revocation so far
+   * is in force there, false when that is not confirmed within the enforcer's own bound.
+   */
+  enforced?(): Promise<boolean>;
 }
 
 export interface DenylistOptions {
@@ -108,6 +115,12 @@ export class Denylist {
 
   has(sessionId: string): boolean {
     return this.entries.has(sessionId);
+  }
+
+  /** True once every enforcer that can tell confirms the revocations so far are in force. */
+  async enforced(): Promise<boolean> {
+    const confirm = this.enforcers.filter((e) => e.enforced).map((e) => e.enforced!().catch(() => false));
+    return (await Promise.all(confirm)).every(Boolean);
   }
 
   get(sessionId: string): DenyEntry | undefined {

@@ -6,6 +6,7 @@ import { Metrics } from '../common/metrics.js';
 import { AuthzRouter } from '../xds-server/authz-router.js';
 import { registerEgressAuthz } from '../xds-server/egress-authz.js';
 import { JwtSessions, SESSION_AUDIENCE } from '../xds-server/sessions.js';
+import { bumpRoutes } from '../xds-server/translate/bump.js';
 import type { CheckRequest__Output } from '../envoy/generated/envoy/service/auth/v3/CheckRequest.js';
 import { Denylist } from './denylist.js';
 import { KillSwitch, type ActionOptions } from './kill.js';
@@ -39,6 +40,28 @@ describe('kill switch', () => {
     expect(sup.getSession('s1')!.state).toBe('destroyed');
     expect(events.history('session.killed')).toHaveLength(1);
     expect(kill.latencies()).toHaveLength(1);
+  });
+
+  it('returns only once the edge confirms the revocation is in force, and says so when it cannot', async () => {
+    for (const confirms of [true, false]) {
+      const log: string[] = [];
+      let release!: (ok: boolean) => void;
+      const edge = { revoke: (id: string) => log.push(`revoke ${id}`), enforced: () => new Promise<boolean>((r) => (release = r)) };
+      const sup = new FakeSupervisor(log);
+      sup.add('s1');
+      const metrics = new Metrics();
+      const denylist = await Denylist.open({ enforcers: [edge], logger: silentLogger() });
+      const kill = new KillSwitch({ denylist, sandbox: sup, audit: new MemoryAudit(), events: new EventBus(), metrics, logger: silentLogger() });
+      let done = false;
+      const p = kill.kill('s1', OP).then((r) => ((done = true), r));
+      await new Promise((r) => setTimeout(r, 20));
+      // torn down already, but the edge has not confirmed: the call has not returned
+      expect(sup.getSession('s1')!.state).toBe('destroyed');
+      expect(done).toBe(false);
+      release(confirms);
+      expect((await p).edgeEnforced).toBe(confirms);
+      expect(metrics.total('operator_edge_unconfirmed_total')).toBe(confirms ? 0 : 1);
+    }
   });
 
   it('fails closed: when the attempt cannot be audited nothing is revoked and nothing torn down', async () => {
@@ -135,7 +158,7 @@ describe('the edge answers a denylisted session at CONNECT and inside the tunnel
   const token = (sid: string) =>
     new SignJWT({ sid }).setProtectedHeader({ alg: 'EdDSA', kid: 'k1' }).setAudience(SESSION_AUDIENCE).setIssuedAt().setExpirationTime('10m').sign(key);
 
-  function check(lane: 'egress-tunnel' | 'egress-request', headers: Record<string, string>, host = 'sink.test:443'): CheckRequest__Output {
+  function check(lane: 'egress-tunnel', headers: Record<string, string>, host = 'sink.test:443'): CheckRequest__Output {
     return {
       attributes: {
         context_extensions: { lane },
@@ -165,8 +188,15 @@ describe('the edge answers a denylisted session at CONNECT and inside the tunnel
     const tunnel = await router.check(check('egress-tunnel', { 'proxy-authorization': await basic('x1') }));
     expect(reasonOf(tunnel)).toBe('exfil_budget_exceeded');
     expect(tunnel.denied_response?.status?.code).toBe(403);
-    const inner = await router.check(check('egress-request', { 'x-portcullis-session': 'x1', 'x-portcullis-authority': 'sink.test:443' }));
-    expect(reasonOf(inner)).toBe('exfil_budget_exceeded');
+    // inside a tunnel already open, Envoy refuses it by the deny route the session's denial becomes
+    expect(sessions.denials()).toEqual([
+      { sessionId: 'x1', reason: 'exfil_budget_exceeded' },
+      { sessionId: 'x2', reason: 'session_revoked' },
+    ]);
+    const routes = bumpRoutes('sink.test', ['sink.test:443'], sessions.denials()) as { virtual_hosts: Array<{ routes: Array<Record<string, any>> }> };
+    const deny = routes.virtual_hosts[0]!.routes.find((r) => r.match.filter_state?.[0]?.string_match?.exact === 'x1');
+    expect(deny?.direct_response?.status).toBe(403);
+    expect(deny?.response_headers_to_add?.[0]?.header).toEqual({ key: 'x-deny-reason', value: 'exfil_budget_exceeded' });
     const other = await router.check(check('egress-tunnel', { 'proxy-authorization': await basic('x2') }));
     expect(reasonOf(other)).toBe('session_revoked');
   });

@@ -12,11 +12,12 @@ import type { DenyEntry, DenyKind, Denylist } from './denylist.js';
 /**
  * The kill switch. Order, for one session or all of them:
  *   1. the attempt is audited (operator and SOAR actions fail closed: no audit record, no action);
- *   2. the session is denylisted — Envoy refuses its next tunnel and its next request inside a
- *      bumped tunnel from this moment, the gateway refuses its MCP calls, no credential is minted or
- *      injected for it;
+ *   2. the session is denylisted — Envoy refuses its next tunnel from this moment, the gateway
+ *      refuses its MCP calls, no credential is minted or injected for it; the deny route that
+ *      refuses its next request inside an open bumped tunnel is published at once;
  *   3. only then the supervisor tears the sandbox down (ordered teardown), which also closes every
- *      connection the sandbox still holds;
+ *      connection the sandbox still holds; meanwhile the edge confirms it holds the deny routes
+ *      (`edgeEnforced`: the call returns only after both);
  *   4. the outcome is audited, a `session.killed` event emitted.
  * Protective kills (the exfil tripwire) do not wait for the audit log: they revoke first and
  * record afterwards, because refusing to stop an exfiltration for want of a log line is worse.
@@ -56,6 +57,8 @@ export interface KillResult {
   sandbox: SandboxOutcome;
   /** ms from the call to the revocation at every enforcer */
   revokeMs: number;
+  /** every enforcer that can tell confirmed the revocation is in force (Envoy holds the deny routes) */
+  edgeEnforced: boolean;
   /** ms spent in the supervisor's teardown */
   teardownMs: number;
   totalMs: number;
@@ -66,6 +69,8 @@ export interface KillAllResult {
   failed: { sessionId: string; code: string }[];
   /** ms from the call until every session was revoked */
   revokeAllMs: number;
+  /** see KillResult.edgeEnforced */
+  edgeEnforced: boolean;
   totalMs: number;
 }
 
@@ -118,8 +123,10 @@ export class KillSwitch {
       const d = this.deny(sessionId, kind, reason, opts);
       const revokeMs = this.now() - t0;
       const t1 = this.now();
+      const edge = this.edgeEnforced();
       const sandbox = await this.teardown(sessionId, reason === 'exfil_budget_exceeded' ? 'exfil_budget_exceeded' : 'operator_kill');
       const teardownMs = this.now() - t1;
+      const edgeEnforced = await edge;
       await d.persisted;
       const totalMs = this.now() - t0;
       this.record(totalMs);
@@ -128,9 +135,9 @@ export class KillSwitch {
         severity: 'warning',
         source: 'operator',
         sessionId,
-        data: { actor: opts.actor.id, reason, sandbox, revokeMs: round(revokeMs), totalMs: round(totalMs) },
+        data: { actor: opts.actor.id, reason, sandbox, edgeEnforced, revokeMs: round(revokeMs), totalMs: round(totalMs) },
       });
-      return { sessionId, newlyDenied: d.added, deny: d.entry, sandbox, revokeMs, teardownMs, totalMs };
+      return { sessionId, newlyDenied: d.added, deny: d.entry, sandbox, revokeMs, edgeEnforced, teardownMs, totalMs };
     };
     return this.audited(this.event('session.kill', 'delete', { type: 'session', id: sessionId }, opts, sessionId), act, opts);
   }
@@ -142,6 +149,7 @@ export class KillSwitch {
       const ids = this.liveSessions();
       const revoked = ids.map((id) => ({ id, d: this.deny(id, 'kill', 'session_revoked', opts) }));
       const revokeAllMs = this.now() - t0;
+      const edge = this.edgeEnforced();
       const sessions: KillResult[] = [];
       const failed: { sessionId: string; code: string }[] = [];
       let next = 0;
@@ -152,13 +160,15 @@ export class KillSwitch {
           try {
             const sandbox = await this.teardown(id, 'operator_kill_all');
             const teardownMs = this.now() - t1;
-            sessions.push({ sessionId: id, newlyDenied: d.added, deny: d.entry, sandbox, revokeMs: revokeAllMs, teardownMs, totalMs: this.now() - t0 });
+            sessions.push({ sessionId: id, newlyDenied: d.added, deny: d.entry, sandbox, revokeMs: revokeAllMs, edgeEnforced: false, teardownMs, totalMs: this.now() - t0 });
           } catch (e) {
             failed.push({ sessionId: id, code: isPortcullisError(e) ? e.code : 'internal' });
           }
         }
       };
       await Promise.all(Array.from({ length: Math.max(1, this.o.teardownConcurrency ?? 8) }, worker));
+      const edgeEnforced = await edge;
+      for (const r of sessions) r.edgeEnforced = edgeEnforced;
       await Promise.all(revoked.map((r) => r.d.persisted));
       const totalMs = this.now() - t0;
       this.record(totalMs);
@@ -166,14 +176,14 @@ export class KillSwitch {
         type: 'session.killed_all',
         severity: 'warning',
         source: 'operator',
-        data: { actor: opts.actor.id, sessions: ids.length, failed: failed.length, revokeAllMs: round(revokeAllMs), totalMs: round(totalMs) },
+        data: { actor: opts.actor.id, sessions: ids.length, failed: failed.length, edgeEnforced, revokeAllMs: round(revokeAllMs), totalMs: round(totalMs) },
       });
       if (failed.length) {
         throw new PortcullisError('sandbox_failed', `${failed.length} of ${ids.length} sandboxes could not be torn down (all were revoked)`, {
           details: { failed, revoked: ids.length },
         });
       }
-      return { sessions, failed, revokeAllMs, totalMs };
+      return { sessions, failed, revokeAllMs, edgeEnforced, totalMs };
     };
     return this.audited(this.event('session.kill_all', 'delete', { type: 'session', id: '*' }, opts), act, opts);
   }
@@ -182,9 +192,10 @@ export class KillSwitch {
    * Cut the session's egress and keep its sandbox for forensics: the session is denylisted, and the
    * supervisor's own `quarantine` (network cut, processes frozen) runs when it has one.
    */
-  async quarantine(sessionId: string, opts: ActionOptions): Promise<{ sessionId: string; deny: DenyEntry; newlyDenied: boolean; sandbox: SandboxOutcome }> {
+  async quarantine(sessionId: string, opts: ActionOptions): Promise<{ sessionId: string; deny: DenyEntry; newlyDenied: boolean; sandbox: SandboxOutcome; edgeEnforced: boolean }> {
     const act = async () => {
       const d = this.deny(sessionId, 'quarantine', 'session_revoked', opts);
+      const edge = this.edgeEnforced();
       let sandbox: SandboxOutcome = 'no_supervisor';
       const sb = this.o.sandbox;
       if (sb) {
@@ -196,22 +207,34 @@ export class KillSwitch {
           sandbox = 'quarantined';
         } else sandbox = 'kept';
       }
+      const edgeEnforced = await edge;
       await d.persisted;
-      this.o.events.emit({ type: 'session.quarantined', severity: 'warning', source: 'operator', sessionId, data: { actor: opts.actor.id, sandbox } });
-      return { sessionId, deny: d.entry, newlyDenied: d.added, sandbox };
+      this.o.events.emit({ type: 'session.quarantined', severity: 'warning', source: 'operator', sessionId, data: { actor: opts.actor.id, sandbox, edgeEnforced } });
+      return { sessionId, deny: d.entry, newlyDenied: d.added, sandbox, edgeEnforced };
     };
     return this.audited(this.event('session.quarantine', 'update', { type: 'session', id: sessionId }, opts, sessionId), act, opts);
   }
 
   /** Denylist only: the session's credentials stop working; the sandbox is left alone. */
-  async revoke(sessionId: string, opts: ActionOptions): Promise<{ sessionId: string; deny: DenyEntry; newlyDenied: boolean }> {
+  async revoke(sessionId: string, opts: ActionOptions): Promise<{ sessionId: string; deny: DenyEntry; newlyDenied: boolean; edgeEnforced: boolean }> {
     const act = async () => {
       const d = this.deny(sessionId, 'revoke', opts.denyReason ?? 'session_revoked', opts);
+      const edgeEnforced = await this.edgeEnforced();
       await d.persisted;
-      this.o.events.emit({ type: 'session.revoked', severity: 'warning', source: 'operator', sessionId, data: { actor: opts.actor.id } });
-      return { sessionId, deny: d.entry, newlyDenied: d.added };
+      this.o.events.emit({ type: 'session.revoked', severity: 'warning', source: 'operator', sessionId, data: { actor: opts.actor.id, edgeEnforced } });
+      return { sessionId, deny: d.entry, newlyDenied: d.added, edgeEnforced };
     };
     return this.audited(this.event('session.revoke', 'update', { type: 'session', id: sessionId }, opts, sessionId), act, opts);
+  }
+
+  /** The enforcers' confirmation (never throws); an unconfirmed edge is logged and counted. */
+  private async edgeEnforced(): Promise<boolean> {
+    const ok = await this.o.denylist.enforced().catch(() => false);
+    if (!ok) {
+      this.o.metrics.inc('operator_edge_unconfirmed_total');
+      this.log.warn('the edge did not confirm the revocation in time: open tunnels are cut by teardown, new ones are refused');
+    }
+    return ok;
   }
 
   /** Sessions a kill-all must reach: the supervisor's live ones and every other source's. */

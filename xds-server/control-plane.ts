@@ -11,7 +11,7 @@ import { AccessLogReceiver } from './als.js';
 import fs from 'node:fs';
 import { AuthzRouter } from './authz-router.js';
 import { registerEgressAuthz } from './egress-authz.js';
-import type { SessionAuthority } from './sessions.js';
+import type { RevocationReason, SessionAuthority, SessionDenialEntry } from './sessions.js';
 import { bumpSecretNames, credentialSecretName } from './translate/bump.js';
 import { allowListPolicy, MintRefusedError, type Minter } from '../sds-minter/index.js';
 import { XDS } from '../envoy/api/type-urls.js';
@@ -80,6 +80,98 @@ export class ControlPlane {
     if (o.bump) registerEgressAuthz(this.authz, { sessions: o.bump.sessions, metrics: this.metrics, events: this.events });
     this.authz.register(this.server);
     if (o.bump) this.server.cache.onMissing((key, typeUrl, names) => this.onMissingSecrets(key, typeUrl, names));
+    // a revoked or expired session is refused inside open bumped tunnels by routes: publish them again
+    this.unsubscribe = o.bump?.sessions.onChange?.(() => this.sessionsChanged());
+    this.server.cache.onAck((a) => {
+      if (a.key !== this.o.nodeKey || a.typeUrl !== XDS.route) return;
+      this.routeAcks.set(a.nodeId, a.version);
+      for (const w of [...this.ackWaiters]) w();
+    });
+  }
+
+  /** Publication order of each snapshot version (identical content has one version: its latest). */
+  private readonly versionSeq = new Map<string, number>();
+  private seq = 0;
+  /** The publication where the set of session denials last changed, and that set. */
+  private denialsSeq = 0;
+  private denialsKey = '[]';
+  /** The route version each Envoy of this node key last acknowledged. */
+  private readonly routeAcks = new Map<string, string>();
+  private readonly ackWaiters = new Set<() => void>();
+
+  /**
+   * The egress edge as one revoker (for the operator's denylist): the session authority refuses the
+   * session's next tunnel at once, the published deny routes its next request inside an open bumped
+   * tunnel, and `enforced()` confirms every Envoy holds those routes.
+   */
+  edgeRevoker(): { revoke(sessionId: string, reason?: RevocationReason): void; enforced(): Promise<boolean> } {
+    const sessions = this.o.bump?.sessions;
+    if (!sessions?.revoke) throw new PortcullisError('internal', 'the control plane has no session authority that can revoke');
+    return { revoke: (id, reason) => sessions.revoke!(id, reason), enforced: () => this.sessionDenialsEnforced() };
+  }
+
+  private routesCarryDenials(): boolean {
+    if (!this.routeAcks.size) return false;
+    for (const v of this.routeAcks.values()) if ((this.versionSeq.get(v) ?? 0) < this.denialsSeq) return false;
+    return true;
+  }
+
+  /**
+   * Resolves true once every Envoy of this node key has acknowledged routes that carry the current
+   * session denials (so a revoked session is refused inside its open tunnels from then on); false
+   * when that is not confirmed within `timeoutMs` (an Envoy disconnected, none connected yet).
+   */
+  async sessionDenialsEnforced(timeoutMs = 2000): Promise<boolean> {
+    if (this.denialsPending) this.publishSessionDenials();
+    if (this.routesCarryDenials()) return true;
+    return new Promise<boolean>((resolve) => {
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        this.ackWaiters.delete(check);
+        resolve(ok);
+      };
+      const check = () => {
+        if (this.routesCarryDenials()) done(true);
+      };
+      const timer = setTimeout(() => done(false), timeoutMs);
+      timer.unref();
+      this.ackWaiters.add(check);
+    });
+  }
+
+  private readonly unsubscribe: (() => void) | undefined;
+  private denialsPending = false;
+
+  /** Session changes come in bursts (kill-all): one publication per turn of the event loop. */
+  private sessionsChanged(): void {
+    if (this.denialsPending) return;
+    this.denialsPending = true;
+    setImmediate(() => this.publishSessionDenials());
+  }
+
+  /**
+   * Publish the current session denials now (with the policy and secrets already live: nothing is
+   * read again, so a bad credential file cannot hold a revocation back). Returns the snapshot that
+   * carries them, or undefined when nothing is live yet.
+   */
+  publishSessionDenials(): Snapshot | undefined {
+    this.denialsPending = false;
+    if (!this.lastIr || !this.lastSecrets) return undefined;
+    try {
+      const snap = this.publish(this.lastIr, this.lastSecrets, true);
+      this.metrics.inc('session_denials_published_total');
+      return snap;
+    } catch (e) {
+      // the last good snapshot stays live: open tunnels of the session are still cut by the
+      // supervisor's firewall and refused at their next CONNECT, but not inside a tunnel
+      this.metrics.inc('session_denials_publish_failed_total');
+      this.log.error({ err: (e as Error).message }, 'session denials could not be published');
+      return undefined;
+    }
+  }
+
+  private denials(): SessionDenialEntry[] {
+    return this.o.bump?.sessions.denials?.() ?? [];
   }
 
   /** SNIs Envoy's on-demand certificate selector asked for (wildcard bump rules), bounded. */
@@ -160,33 +252,63 @@ export class ControlPlane {
     return this.server.listen(address);
   }
 
+  private lastSecrets?: Record<string, unknown>[];
+
   /** Translate, validate and publish. Returns the new snapshot, or throws (last good stays live). */
   apply(ir: Ir, opts: { immediate?: boolean } = {}): Snapshot {
-    let snap: Snapshot;
+    let secrets: Record<string, unknown>[];
     try {
-      const t = translate(ir, { ...this.o.translate, secrets: this.secretsFor(ir) });
-      snap = buildSnapshot(t.input, { staticClusters: [...t.staticClusters, ...(this.o.staticClusters ?? [])] });
+      secrets = this.secretsFor(ir);
     } catch (e) {
-      const err = e instanceof PortcullisError ? e : new PortcullisError('internal', 'translation failed', { cause: e });
-      this.lastRefused = { at: new Date().toISOString(), code: err.code, message: err.message };
-      this.metrics.inc('policy_apply_refused_total', { code: err.code });
-      this.log.error({ code: err.code, err: err.message }, 'configuration refused; the last good configuration stays live');
-      this.events.emit({
-        type: 'config.reload_refused',
-        severity: 'error',
-        source: 'control-plane',
-        data: { code: err.code, message: err.message, issues: issuesOf(e) },
-      });
-      throw err;
+      throw this.refused(e);
     }
-    this.live = snap;
-    this.lastIr = ir;
-    if (opts.immediate) this.server.cache.setNow(this.o.nodeKey, snap);
-    else this.server.cache.set(this.o.nodeKey, snap);
+    const snap = this.publish(ir, secrets, !!opts.immediate);
     this.metrics.inc('policy_applied_total');
     this.log.info({ version: snap.version }, 'configuration published');
     this.events.emit({ type: 'config.published', severity: 'info', source: 'control-plane', data: { version: snap.version } });
     return snap;
+  }
+
+  private publish(ir: Ir, secrets: Record<string, unknown>[], immediate: boolean): Snapshot {
+    let snap: Snapshot;
+    const denials = this.denials();
+    try {
+      const t = translate(ir, { ...this.o.translate, secrets, sessionDenials: denials });
+      snap = buildSnapshot(t.input, { staticClusters: [...t.staticClusters, ...(this.o.staticClusters ?? [])] });
+    } catch (e) {
+      throw this.refused(e);
+    }
+    this.live = snap;
+    this.lastIr = ir;
+    this.lastSecrets = secrets;
+    const seq = ++this.seq;
+    this.versionSeq.delete(snap.version);
+    this.versionSeq.set(snap.version, seq);
+    // versions older than the last 256 publications are never waited on again
+    if (this.versionSeq.size > 256) this.versionSeq.delete(this.versionSeq.keys().next().value!);
+    const key = JSON.stringify(denials);
+    if (key !== this.denialsKey) {
+      this.denialsKey = key;
+      this.denialsSeq = seq;
+    }
+    if (immediate) this.server.cache.setNow(this.o.nodeKey, snap);
+    else this.server.cache.set(this.o.nodeKey, snap);
+    return snap;
+  }
+
+  /** A refused configuration: reported, and the error to throw (the last good one stays live). */
+  private refused(e: unknown): PortcullisError {
+    const err = e instanceof PortcullisError ? e : new PortcullisError('internal', 'translation failed', { cause: e });
+    this.lastRefused = { at: new Date().toISOString(), code: err.code, message: err.message };
+    this.metrics.inc('policy_apply_refused_total', { code: err.code });
+    this.log.error({ code: err.code, err: err.message }, 'configuration refused; the last good configuration stays live');
+    this.events.emit({
+      type: 'config.reload_refused',
+      severity: 'error',
+      source: 'control-plane',
+      data: { code: err.code, message: err.message, issues: issuesOf(e) },
+    });
+    return err;
   }
 
   get snapshot(): Snapshot | undefined {
@@ -204,6 +326,7 @@ export class ControlPlane {
   }
 
   async close(): Promise<void> {
+    this.unsubscribe?.();
     await this.server.close();
   }
 }

@@ -14,20 +14,18 @@ import { BUMP } from './translate/bump.js';
  * URL `http://session:<token>@…` makes every client send — or `Bearer <token>`). The session id is
  * handed to Envoy in `x-portcullis-session`, which listener A records for the tunnel.
  *
- * `egress-request` (each request inside a bumped tunnel): the recorded session must still be valid,
- * and the request's Host must be the TLS SNI, which must be the CONNECT authority's host.
+ * Requests inside a bumped tunnel are checked by Envoy alone (translate/bump.ts): the session's
+ * revocation or expiry reaches it as deny routes, the Host/SNI/authority check is an RBAC condition.
  */
 
 const DESCRIPTIONS: Record<string, string> = {
   session_credential_missing: 'this destination needs the session credential your proxy settings carry',
   session_expired: 'the session credential has expired',
   session_revoked: 'the session was revoked',
-  sni_mismatch: 'the request does not match the name the tunnel was opened for',
 };
 
 export function registerEgressAuthz(router: AuthzRouter, deps: { sessions: SessionAuthority; metrics: Metrics; events: EventSink }): void {
   router.use('egress-tunnel', async (req) => tunnelCheck(req, deps));
-  router.use('egress-request', (req) => requestCheck(req, deps));
 }
 
 function denied(deps: { metrics: Metrics; events: EventSink }, lane: string, reason: string, status: number, req: CheckRequest__Output, sessionId?: string): CheckResponse {
@@ -58,37 +56,4 @@ async function tunnelCheck(req: CheckRequest__Output, deps: { sessions: SessionA
   if (!r.ok) return denied(deps, 'egress-tunnel', r.reason, r.reason === 'session_credential_missing' ? 407 : 403, req);
   deps.metrics.inc('egress_authz_allowed_total', { lane: 'egress-tunnel' });
   return allow({ [BUMP.sessionHeader]: r.sessionId }, ['proxy-authorization']);
-}
-
-/** `host:port` of an authority, with the https default port when none is written. */
-function hostPort(authority: string): { host: string; port: string } {
-  const a = authority.trim().toLowerCase();
-  const host = hostOnly(a);
-  const rest = a.slice(a.startsWith('[') ? a.indexOf(']') + 1 : host.length).replace(/^\./, '');
-  const port = rest.startsWith(':') ? rest.slice(1) : '443';
-  return { host, port };
-}
-
-function hostOnly(authority: string): string {
-  const a = authority.trim().toLowerCase();
-  if (a.startsWith('[')) return a.slice(0, a.indexOf(']') + 1);
-  const i = a.lastIndexOf(':');
-  return (i >= 0 ? a.slice(0, i) : a).replace(/\.$/, '');
-}
-
-function requestCheck(req: CheckRequest__Output, deps: { sessions: SessionAuthority; metrics: Metrics; events: EventSink }): CheckResponse {
-  const headers = req.attributes?.request?.http?.headers ?? {};
-  const sid = headers[BUMP.sessionHeader] || undefined;
-  const s = deps.sessions.checkSession(sid);
-  if (!s.ok) return denied(deps, 'egress-request', s.reason, 403, req, sid);
-  const sni = (req.attributes?.tls_session?.sni ?? '').toLowerCase();
-  const host = hostPort(req.attributes?.request?.http?.host ?? headers[':authority'] ?? '');
-  const tunnel = hostPort(headers[BUMP.authorityHeader] ?? '');
-  // Host, SNI and the CONNECT authority name one destination: the forward proxy connects to Host,
-  // so a Host naming another name or port could leave the allow-list the tunnel was checked against.
-  if (!sni || host.host !== sni || tunnel.host !== sni || host.port !== tunnel.port) {
-    return denied(deps, 'egress-request', 'sni_mismatch', 403, req, sid);
-  }
-  deps.metrics.inc('egress_authz_allowed_total', { lane: 'egress-request' });
-  return allow();
 }

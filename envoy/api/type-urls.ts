@@ -49,6 +49,8 @@ export const EXT = {
   buffer: `${P}envoy.extensions.filters.http.buffer.v3.Buffer`,
   bufferPerRoute: `${P}envoy.extensions.filters.http.buffer.v3.BufferPerRoute`,
   httpRbac: `${P}envoy.extensions.filters.http.rbac.v3.RBAC`,
+  httpRbacPerRoute: `${P}envoy.extensions.filters.http.rbac.v3.RBACPerRoute`,
+  celAccessLogFilter: `${P}envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter`,
   setFilterState: `${P}envoy.extensions.filters.http.set_filter_state.v3.Config`,
   upstreamCodec: `${P}envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec`,
   headerMutation: `${P}envoy.extensions.filters.http.header_mutation.v3.HeaderMutation`,

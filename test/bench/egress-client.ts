@@ -1,9 +1,10 @@
 /**
  * The measuring client of test/bench/egress.bench.ts, in its own process: `node --import tsx
  * test/bench/egress-client.ts PLAN.json` prints the raw samples (ms) as JSON on stdout. Per upstream
- * answer delay and per mode (direct, transparent, bump): N keep-alive requests on one connection (one
- * tunnel), then N new connections (TCP + CONNECT + TLS + request); then, for each name under the
- * wildcard bump rule, the first handshake (its leaf minted on demand) and the next one.
+ * answer delay and per mode (direct, transparent, bump), interleaved: N keep-alive requests on one
+ * connection (one tunnel) per mode, then N new connections (TCP + CONNECT + TLS + request); then, for
+ * each name under the wildcard bump rule, the first handshake (its leaf minted on demand) and the
+ * next one.
  */
 import fs from 'node:fs';
 import net from 'node:net';
@@ -19,6 +20,10 @@ interface Plan {
   caPem: { upstream: string; deployment: string };
   delays: number[];
   wild: string[];
+  /** modes to measure (diagnostics); default all */
+  modes?: string[];
+  /** skip the new-connection samples (diagnostics) */
+  keepAliveOnly?: boolean;
 }
 
 const plan = JSON.parse(fs.readFileSync(process.argv[2]!, 'utf8')) as Plan;
@@ -76,36 +81,49 @@ const modes = {
   bump: { host: 'b.bench.test', ca: plan.caPem.deployment, via: { ...plan.proxy, authority: `b.bench.test:${PORT}`, token: plan.token } },
 } as const;
 
+/**
+ * The modes are interleaved: sample i of every mode is taken back to back (the order rotating with
+ * i), so a noisy moment on this shared 2-core machine lands on every mode alike, and the ratios
+ * compare like with like.
+ */
+const active = Object.entries(modes).filter(([mode]) => !plan.modes || plan.modes.includes(mode));
+const rotation = (i: number) => active.map((_, k) => active[(i + k) % active.length]!);
 const byDelay: Record<string, Record<string, { keepAlive: number[]; newConnection: number[] }>> = {};
 for (const delay of plan.delays) {
-  byDelay[delay] = {};
-  for (const [mode, m] of Object.entries(modes)) {
+  const out: Record<string, { keepAlive: number[]; newConnection: number[] }> = Object.fromEntries(active.map(([mode]) => [mode, { keepAlive: [], newConnection: [] }]));
+  byDelay[delay] = out;
+  const conns = new Map<string, tls.TLSSocket>();
+  for (const [mode, m] of active) {
     const s = await tlsTo(plan.upIp, m.host, m.ca, m.via);
     for (let i = 0; i < 50; i++) await get(s, m.host, delay); // warm-up
-    const keepAlive: number[] = [];
-    for (let i = 0; i < plan.n; i++) {
+    conns.set(mode, s);
+  }
+  for (let i = 0; i < plan.n; i++) {
+    for (const [mode, m] of rotation(i)) {
       const t0 = performance.now();
-      if ((await get(s, m.host, delay)) !== 200) throw new Error(`${mode}: non-200`);
-      keepAlive.push(performance.now() - t0);
+      if ((await get(conns.get(mode)!, m.host, delay)) !== 200) throw new Error(`${mode}: non-200`);
+      out[mode]!.keepAlive.push(performance.now() - t0);
     }
-    s.destroy();
-    const newConnection: number[] = [];
-    for (let i = 0; i < plan.n; i++) {
+  }
+  for (const s of conns.values()) s.destroy();
+  for (let i = 0; i < (plan.keepAliveOnly ? 0 : plan.n); i++) {
+    for (const [mode, m] of rotation(i)) {
       const t0 = performance.now();
       const c = await tlsTo(plan.upIp, m.host, m.ca, m.via);
       if ((await get(c, m.host, delay)) !== 200) throw new Error(`${mode}: non-200`);
-      newConnection.push(performance.now() - t0);
+      out[mode]!.newConnection.push(performance.now() - t0);
       c.destroy();
     }
-    byDelay[delay]![mode] = { keepAlive, newConnection };
-    const p = (xs: number[], q: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))]!.toFixed(3);
+  }
+  const p = (xs: number[], q: number) => (xs.length ? [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))]!.toFixed(3) : '-');
+  for (const [mode, { keepAlive, newConnection }] of Object.entries(out)) {
     log(`[delay ${delay} ms] ${mode}: keep-alive p50 ${p(keepAlive, 0.5)} p99 ${p(keepAlive, 0.99)} ms; new-connection p50 ${p(newConnection, 0.5)} p99 ${p(newConnection, 0.99)} ms`);
   }
 }
 
 const firstSni: number[] = [];
 const cachedSni: number[] = [];
-for (const host of plan.wild) {
+for (const host of plan.keepAliveOnly ? [] : plan.wild) {
   for (const bucket of [firstSni, cachedSni]) {
     const t0 = performance.now();
     const c = await tlsTo(plan.upIp, host, plan.caPem.deployment, { ...plan.proxy, authority: `${host}:${PORT}`, token: plan.token });

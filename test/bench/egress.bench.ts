@@ -39,6 +39,24 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pc-bench-egress-'));
 
 const WILD = Array.from({ length: 30 }, (_, i) => `n${i}.wild.bench.test`);
 
+async function envoyTimings(envoy: EnvoyProcess): Promise<Record<string, unknown>> {
+  const re = /^(http\.egress_bump\.downstream_rq_time|cluster\.bump[:_]b\.bench\.test\.(upstream_rq_time|upstream_cx_connect_ms)|cluster\.egress_bump_tunnel\.upstream_rq_time|http\.egress\.downstream_rq_time|cluster\.portcullis_xds\.upstream_rq_time)$/;
+  const j = (await envoy.admin.getJson('/stats?format=json&usedonly')) as {
+    stats: Array<{ name?: string; value?: number; histograms?: { supported_quantiles: number[]; computed_quantiles: Array<{ name: string; values: Array<{ cumulative: number | null }> }> } }>;
+  };
+  const out: Record<string, unknown> = {};
+  for (const e of j.stats) {
+    if (e.name && /^cluster\.bump[:_]b\.bench\.test\.upstream_(cx|rq)_total$/.test(e.name)) out[e.name] = e.value;
+    if (!e.histograms) continue;
+    const q = e.histograms.supported_quantiles;
+    for (const h of e.histograms.computed_quantiles) {
+      if (!re.test(h.name)) continue;
+      out[h.name] = Object.fromEntries(q.map((qq, i) => [`p${qq}`, h.values[i]?.cumulative ?? null]).filter(([k]) => ['p50', 'p90', 'p99', 'p100'].includes(String(k))));
+    }
+  }
+  return out;
+}
+
 const tn = await createTestNet({ hosts: ['up', 'dns'] });
 try {
   const ca = createTestCa();
@@ -98,8 +116,11 @@ try {
     proxy: { proxy: tn.rootIp, port: egressPort },
     token,
     caPem: { upstream: ca.certPem, deployment: depCa },
-    delays: [0, 20],
+    delays: process.env.BENCH_DELAYS ? process.env.BENCH_DELAYS.split(',').map(Number) : [0, 20],
     wild: WILD,
+    // diagnostics: BENCH_MODES=direct,bump  BENCH_KEEPALIVE_ONLY=1
+    ...(process.env.BENCH_MODES ? { modes: ['direct', ...process.env.BENCH_MODES.split(',').filter((m) => m !== 'direct')] } : {}),
+    ...(process.env.BENCH_KEEPALIVE_ONLY ? { keepAliveOnly: true } : {}),
   };
   const planFile = path.join(tmp, 'plan.json');
   fs.writeFileSync(planFile, JSON.stringify(plan), { mode: 0o600 });
@@ -116,13 +137,19 @@ try {
     firstSni: number[];
     cachedSni: number[];
   };
+  // Envoy's own view of the bump path (cumulative over the run): where the time goes inside Envoy,
+  // and whether the upstream connection is reused (upstream_cx_total vs upstream_rq_total)
+  const envoyView = await envoyTimings(envoy);
+  log(`envoy: ${JSON.stringify(envoyView)}`);
   const results: Record<string, Record<string, unknown>> = {};
   const ratios: Record<string, unknown> = {};
   for (const [delay, modes] of Object.entries(raw.byDelay)) {
     const res: Record<string, { keepAliveMs: ReturnType<typeof summarize>; newConnectionMs: ReturnType<typeof summarize> }> = {};
     for (const [mode, m] of Object.entries(modes)) res[mode] = { keepAliveMs: summarize(m.keepAlive), newConnectionMs: summarize(m.newConnection) };
-    const r = (k: string, which: 'keepAliveMs' | 'newConnectionMs', p: 'p50' | 'p99') => Math.round((res[k]![which][p] / res.direct![which][p]) * 1000) / 1000;
-    const added = (k: string, which: 'keepAliveMs' | 'newConnectionMs', p: 'p50' | 'p99') => Math.round((res[k]![which][p] - res.direct![which][p]) * 1000) / 1000;
+    const r = (k: string, which: 'keepAliveMs' | 'newConnectionMs', p: 'p50' | 'p99') =>
+      res[k] && res[k][which].n ? Math.round((res[k][which][p] / res.direct![which][p]) * 1000) / 1000 : null;
+    const added = (k: string, which: 'keepAliveMs' | 'newConnectionMs', p: 'p50' | 'p99') =>
+      res[k] && res[k][which].n ? Math.round((res[k][which][p] - res.direct![which][p]) * 1000) / 1000 : null;
     const both = (k: string, f: typeof r) => ({ keepAliveP50: f(k, 'keepAliveMs', 'p50'), keepAliveP99: f(k, 'keepAliveMs', 'p99'), newConnectionP50: f(k, 'newConnectionMs', 'p50'), newConnectionP99: f(k, 'newConnectionMs', 'p99') });
     const key = Number(delay) ? `upstream${delay}ms` : 'upstreamImmediate';
     results[key] = res;
@@ -143,6 +170,7 @@ try {
       sameSniAgainMs: summarize(cachedSni),
       firstMinusAgainMs: summarize(diffs),
     },
+    envoyView,
     goals: { transparentP99OverDirect: 1.05, bumpP99OverDirectCachedLeaf: 1.1, firstHandshakeNewSniAboveCachedMs: 50 },
     notes: 'client (its own process), Envoy, the control plane and the upstream share the 2 cores; the upstream runs in a network namespace on the same machine (no netem on this kernel: the 20 ms is the upstream answer time)',
   });

@@ -274,30 +274,66 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
     expect(self.requests()).toHaveLength(0);
   });
 
-  it('a revoked session is cut inside an already-open tunnel at its next request, and gets no credential', async () => {
-    const tok = await token('s-revoke');
+  /** A CONNECT tunnel held open by test/harness/scripts/tunnel-client.py; `send` returns its next answer. */
+  function openTunnel(tok: string) {
     const child = tn.spawnIn('cli', 'python3', ['test/harness/scripts/tunnel-client.py', tn.rootIp, String(egressPort), `api.bump.test:${PORT}`, tok, deploymentCaFile, 'api.bump.test'], {
       stdio: ['pipe', 'pipe', 'inherit'],
     });
     const lines = readline.createInterface({ input: child.stdout! });
     const next = () => new Promise<Record<string, unknown>>((resolve) => lines.once('line', (l) => resolve(JSON.parse(l))));
+    const send = (line: string) => {
+      const r = next();
+      child.stdin!.write(`${line}\n`);
+      return r;
+    };
+    return { child, next, send };
+  }
+
+  it('a revoked session is cut inside an already-open tunnel at its next request, by Envoy alone, and gets no credential', async () => {
+    const t = openTunnel(await token('s-revoke'));
     try {
-      expect(String((await next()).connect)).toMatch(/ 200 /);
-      child.stdin!.write(`GET api.bump.test:${PORT} /one Bearer guest\n`);
-      expect(await next()).toMatchObject({ status: 200 });
-      // a Host on another port than the tunnel's is refused too
-      child.stdin!.write(`GET api.bump.test /default-port\n`);
-      expect(await next()).toMatchObject({ status: 403, reason: 'sni_mismatch' });
+      expect(String((await t.next()).connect)).toMatch(/ 200 /);
+      expect(await t.send(`GET api.bump.test:${PORT} /one Bearer guest`)).toMatchObject({ status: 200 });
+      // a Host on another port than the tunnel's is refused too (Envoy's RBAC condition, no call out)
+      expect(await t.send(`GET api.bump.test /default-port`)).toMatchObject({ status: 403, reason: 'sni_mismatch' });
       const before = up.requests().length;
-      sessions.revoke('s-revoke');
+      const authzBefore = cp.metrics.total('egress_authz_allowed_total');
       const t0 = Date.now();
-      child.stdin!.write(`GET api.bump.test:${PORT} /two Bearer guest\n`);
-      const r = await next();
-      expect(r).toMatchObject({ status: 403, reason: 'session_revoked' });
-      expect(Date.now() - t0).toBeLessThan(5000);
+      sessions.revoke('s-revoke');
+      // the control plane publishes the session's deny route at once; Envoy holds it within ms
+      await eventually(async () => cp.snapshot!.resources.get(XDS.route)!.get('bump:api.bump.test')!.body && JSON.stringify(cp.snapshot!.resources.get(XDS.route)!.get('bump:api.bump.test')!.body).includes('s-revoke'), 2000, 'the deny route published');
+      await envoy.waitForVersion(XDS.route, cp.snapshot!.version, 5000);
+      const enforcedMs = Date.now() - t0;
+      expect(enforcedMs).toBeLessThan(5000);
+      expect(await t.send(`GET api.bump.test:${PORT} /two Bearer guest`)).toMatchObject({ status: 403, reason: 'session_revoked' });
+      expect(up.requests().length).toBe(before);
+      // nothing on the request path asked the control plane
+      expect(cp.metrics.total('egress_authz_allowed_total')).toBe(authzBefore);
+      // the refusal is an audit event from Envoy's access log, attributed to the session
+      await eventually(
+        () => cp.events.history().some((e) => e.type === 'network.denied' && e.sessionId === 's-revoke' && (e.data as { reason?: string }).reason === 'session_revoked'),
+        5000,
+        'the in-tunnel refusal access-logged',
+      );
+    } finally {
+      t.child.kill();
+    }
+  });
+
+  it('a session whose credential expires is refused inside its open tunnel (session_expired)', async () => {
+    // valid for 2 s (plus the 5 s clock tolerance)
+    const t = openTunnel(await token('s-expiring', 2));
+    try {
+      expect(String((await t.next()).connect)).toMatch(/ 200 /);
+      expect(await t.send(`GET api.bump.test:${PORT} /before`)).toMatchObject({ status: 200 });
+      await eventually(() => sessions.denials().some((d) => d.sessionId === 's-expiring' && d.reason === 'session_expired'), 15_000, 'the session expired');
+      await eventually(async () => JSON.stringify(cp.snapshot!.resources.get(XDS.route)!.get('bump:api.bump.test')!.body).includes('s-expiring'), 2000, 'published');
+      await envoy.waitForVersion(XDS.route, cp.snapshot!.version, 5000);
+      const before = up.requests().length;
+      expect(await t.send(`GET api.bump.test:${PORT} /after`)).toMatchObject({ status: 403, reason: 'session_expired' });
       expect(up.requests().length).toBe(before);
     } finally {
-      child.kill();
+      t.child.kill();
     }
   });
 

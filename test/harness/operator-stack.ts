@@ -236,7 +236,7 @@ export async function startOperatorStack(o: OperatorStackOptions): Promise<Opera
       audit,
       ir,
       controlPlane: cp,
-      revokers: [sessions, gateway.revoker()],
+      revokers: [cp.edgeRevoker(), gateway.revoker()],
       sessionSources: [() => gateway.liveSessions()],
       supervisor: sandbox,
       minter,

@@ -1,7 +1,9 @@
 import type { Ir, IrDestination } from '../../policy/ir.js';
 import { EXT, NEWER_THAN_PROTOS } from '../../envoy/api/type-urls.js';
 import { PortcullisError } from '../../common/errors.js';
-import { ADS_SOURCE, denyRoute, grpcAccessLog, resolvedIpDeniedReply, routerFilter, typedStruct } from './common.js';
+import { ADS_SOURCE, DENY_HEADER, denyRoute, grpcAccessLog, resolvedIpDeniedReply, routerFilter, typedStruct } from './common.js';
+import { CEL_STRING_FEATURES, celBuilder } from './cel.js';
+import type { SessionDenialEntry } from '../sessions.js';
 import { dnsCacheConfig, type EgressOptions } from './egress.js';
 
 /**
@@ -16,13 +18,19 @@ import { dnsCacheConfig, type EgressOptions } from './egress.js';
  * `leaf:<host>` for an exact host; for a wildcard rule Envoy's on-demand certificate selector asks
  * for the SNI itself as the secret name during the handshake, and the control plane mints a leaf
  * that covers it at any depth); a filter chain exists only for bump hosts, so any other SNI gets no
- * handshake. For
- * every request inside the tunnel B asks ext_authz again (the session must still be valid — a
- * revoked session is cut at its next request — and Host must equal the SNI and the CONNECT
- * authority), then forwards through a per-destination dynamic forward proxy cluster that
- * re-originates TLS with strict validation (auto SNI + SAN check against the policy's trust) and
- * injects the credential as an upstream HTTP filter, overwriting whatever the guest sent. A request
- * ext_authz refuses never reaches the router, so it never gets the credential.
+ * handshake. Every request inside the tunnel is checked by Envoy alone — no call leaves Envoy on the
+ * request path:
+ *  - an RBAC condition (CEL): the Host must be the SNI, which must be the CONNECT authority's host,
+ *    on the authority's port (`sni_mismatch`);
+ *  - the chain's routes (RDS `bump:<host>`) refuse a session the control plane has revoked or seen
+ *    expire (`session_revoked`, `exfil_budget_exceeded`, `session_expired`): a deny route per
+ *    session, matched on the session A recorded, published again whenever that list changes, so a
+ *    revoked session is cut at its next request once Envoy has the routes (no listener drains);
+ *  - a tunnel without a recorded session gets `session_credential_missing`.
+ * Then it forwards through a per-destination dynamic forward proxy cluster that re-originates TLS
+ * with strict validation (auto SNI + SAN check against the policy's trust) and injects the
+ * credential as an upstream HTTP filter, overwriting whatever the guest sent. A refused request
+ * never reaches the router's upstream, so it never gets the credential.
  */
 
 export const BUMP = {
@@ -33,6 +41,8 @@ export const BUMP = {
   sessionHeader: 'x-portcullis-session',
   authorityHeader: 'x-portcullis-authority',
   dnsCache: 'egress_dns',
+  /** the RBAC policy of B's per-request check (Host = SNI = the CONNECT authority) */
+  hostPolicy: 'host-is-sni-is-authority',
 } as const;
 
 export const SYSTEM_TRUST_BUNDLE = '/etc/ssl/certs/ca-certificates.crt';
@@ -71,7 +81,7 @@ export const credentialSecretName = (name: string): string => `cred:${name}`;
 export const bumpClusterName = (host: string): string => `bump:${host}`;
 
 /** The per-route ext_authz settings: which lane the control plane answers for. */
-export function authzLane(lane: 'egress-tunnel' | 'egress-request'): Record<string, unknown> {
+export function authzLane(lane: 'egress-tunnel'): Record<string, unknown> {
   return {
     'envoy.filters.http.ext_authz': { '@type': EXT.extAuthzPerRoute, check_settings: { context_extensions: { lane } } },
   };
@@ -134,9 +144,9 @@ export function bumpVirtualHost(host: string, domains: string[], o: EgressOption
   };
 }
 
-export function bumpResources(ir: Ir, o: EgressOptions, b: BumpOptions) {
+export function bumpResources(ir: Ir, o: EgressOptions, b: BumpOptions, denials: readonly SessionDenialEntry[] = []) {
   const dests = ir.egress.destinations.filter(isBumped);
-  if (!dests.length || ir.egress.defaultRung === 'deny-all') return { listeners: [], clusters: [] };
+  if (!dests.length || ir.egress.defaultRung === 'deny-all') return { listeners: [], routes: [], clusters: [] };
   const cache = dnsCacheConfig(BUMP.dnsCache, ir.denySet, o.dnsResolvers, o.dnsRefreshSeconds);
   const trustedCa = ir.egress.upstreamTrust.kind === 'file' ? ir.egress.upstreamTrust.path : SYSTEM_TRUST_BUNDLE;
   const leafName = b.leafSecretName ?? leafSecretName;
@@ -144,9 +154,7 @@ export function bumpResources(ir: Ir, o: EgressOptions, b: BumpOptions) {
   const byHost = new Map<string, IrDestination[]>();
   for (const d of dests) byHost.set(d.host, [...(byHost.get(d.host) ?? []), d]);
 
-  const chains = [...byHost.entries()].map(([host, ds]) => {
-    const ports = [...new Set(ds.flatMap((d) => d.ports))];
-    const domains = host.startsWith('*.') ? [host, ...ports.map((p) => `${host}:${p}`)] : [host, ...ports.map((p) => `${host}:${p}`)];
+  const chains = [...byHost.keys()].map((host) => {
     return {
       name: `bump:${host}`,
       filter_chain_match: { server_names: [host] },
@@ -178,34 +186,14 @@ export function bumpResources(ir: Ir, o: EgressOptions, b: BumpOptions) {
             request_headers_timeout: '10s',
             stream_idle_timeout: '300s',
             common_http_protocol_options: { idle_timeout: '300s', headers_with_underscores_action: 'REJECT_REQUEST' },
+            // Host is compared as the guest sent it, but for a trailing dot (A strips it from the authority)
+            strip_trailing_host_dot: true,
             ...(o.accessLogCluster ? { access_log: [grpcAccessLog(BUMP.listener, o.accessLogCluster)] } : {}),
-            route_config: {
-              name: `bump:${host}`,
-              virtual_hosts: [
-                {
-                  name: host,
-                  domains,
-                  typed_per_filter_config: authzLane('egress-request'),
-                  routes: [
-                    {
-                      match: { prefix: '' },
-                      route: { cluster: bumpClusterName(host), timeout: '60s' },
-                      request_headers_to_remove: [BUMP.sessionHeader, BUMP.authorityHeader, 'proxy-authorization'],
-                    },
-                  ],
-                },
-                {
-                  // Host must be the SNI: a tunnel to one name cannot carry requests for another
-                  name: 'host-not-sni',
-                  domains: ['*'],
-                  typed_per_filter_config: { 'envoy.filters.http.ext_authz': { '@type': EXT.extAuthzPerRoute, disabled: true } },
-                  routes: [denyRoute({ prefix: '' }, 'sni_mismatch')],
-                },
-              ],
-            },
+            rds: { route_config_name: bumpRoutesName(host), config_source: ADS_SOURCE },
             http_filters: [
               {
-                // The session and CONNECT authority recorded by listener A, never what the guest sends.
+                // The session and CONNECT authority recorded by listener A, never what the guest sends
+                // (for the access log; the routes remove both before anything goes upstream).
                 name: 'envoy.filters.http.header_mutation',
                 typed_config: {
                   '@type': EXT.headerMutation,
@@ -217,11 +205,11 @@ export function bumpResources(ir: Ir, o: EgressOptions, b: BumpOptions) {
                   },
                 },
               },
-              extAuthzFilter(b.controlPlaneCluster),
+              hostCheckFilter(),
               { name: 'envoy.filters.http.dynamic_forward_proxy', typed_config: { '@type': EXT.httpDfp, dns_cache_config: cache } },
               routerFilter(),
             ],
-            local_reply_config: resolvedIpDeniedReply(),
+            local_reply_config: bumpLocalReply(),
           },
         },
       ],
@@ -346,10 +334,109 @@ export function bumpResources(ir: Ir, o: EgressOptions, b: BumpOptions) {
       : {}),
   }));
 
-  return { listeners: [listenerB], clusters: [tunnel, ...upstreams, ...sdsClusters] };
+  const routes = [...byHost.entries()].map(([host, ds]) => bumpRoutes(host, bumpDomains(host, ds), denials));
+  return { listeners: [listenerB], routes, clusters: [tunnel, ...upstreams, ...sdsClusters] };
 }
 
 export const sdsClusterName = (server: string): string => `sds:${server}`;
+
+/** RDS name of a bump chain's routes. */
+export const bumpRoutesName = (host: string): string => `bump:${host}`;
+
+/** The Host forms a bump chain serves: the host, and `host:port` for each allowed port. */
+function bumpDomains(host: string, ds: readonly IrDestination[]): string[] {
+  const ports = [...new Set(ds.flatMap((d) => d.ports))];
+  return [host, ...ports.map((p) => `${host}:${p}`)];
+}
+
+/** RBAC off (a route that answers by itself, before B's per-request host check). */
+const RBAC_OFF = { 'envoy.filters.http.rbac': { '@type': EXT.httpRbacPerRoute } };
+
+/**
+ * B's routes for one bump host (RDS, so a change never drains the tunnels): first a deny route per
+ * revoked or expired session (matched on the session listener A recorded for the tunnel; RBAC is
+ * off there so the session's own reason wins), then the forward route for a tunnel that carries a
+ * session, then `session_credential_missing`. Any other Host is `sni_mismatch`.
+ */
+export function bumpRoutes(host: string, domains: string[], denials: readonly SessionDenialEntry[]): { name: string; virtual_hosts: unknown[] } {
+  const sessionIs = (string_match: Record<string, unknown>) => ({ prefix: '', filter_state: [{ key: BUMP.sessionKey, string_match }] });
+  return {
+    name: bumpRoutesName(host),
+    virtual_hosts: [
+      {
+        name: host,
+        domains,
+        routes: [
+          ...denials.map((d) => ({ ...denyRoute(sessionIs({ exact: d.sessionId }), d.reason, `deny:${d.reason}`), typed_per_filter_config: RBAC_OFF })),
+          {
+            name: 'forward',
+            match: sessionIs({ safe_regex: { regex: '.+' } }),
+            route: { cluster: bumpClusterName(host), timeout: '60s' },
+            request_headers_to_remove: [BUMP.sessionHeader, BUMP.authorityHeader, 'proxy-authorization'],
+          },
+          denyRoute({ prefix: '' }, 'session_credential_missing', 'deny:session_credential_missing'),
+        ],
+      },
+      // Host must be the SNI: a tunnel to one name cannot carry requests for another
+      { name: 'host-not-sni', domains: ['*'], routes: [denyRoute({ prefix: '' }, 'sni_mismatch', 'deny:sni_mismatch')] },
+    ],
+  };
+}
+
+/**
+ * `H == A && A.startsWith(S + ':')  ||  H == S && A == S + ':443'` with H = the request's Host, A =
+ * the CONNECT authority A recorded, S = the TLS SNI, all lower-cased (trailing dots are stripped
+ * from H and A by their connection managers). So the Host names the SNI, the SNI is the authority's
+ * host, and the Host's port is the authority's (a bare Host means 443). A missing authority is a CEL
+ * error, which RBAC treats as no match: refused.
+ */
+export function hostIsSniCondition(): Record<string, unknown> {
+  const cel = celBuilder();
+  const host = () => cel.call('lowerAscii', [], cel.select(cel.ident('request'), 'host'));
+  const authority = () => cel.filterStateLower(BUMP.authorityKey);
+  const sni = () => cel.call('lowerAscii', [], cel.select(cel.ident('connection'), 'requested_server_name'));
+  return cel.or(
+    cel.and(cel.eq(host(), authority()), cel.call('startsWith', [cel.concat(sni(), cel.str(':'))], authority())),
+    cel.and(cel.eq(host(), sni()), cel.eq(authority(), cel.concat(sni(), cel.str(':443')))),
+  );
+}
+
+/** B's per-request check, in Envoy: Host = SNI = the CONNECT authority, or `sni_mismatch`. */
+function hostCheckFilter(): Record<string, unknown> {
+  return {
+    name: 'envoy.filters.http.rbac',
+    typed_config: {
+      '@type': EXT.httpRbac,
+      rules: {
+        action: 'ALLOW',
+        policies: {
+          [BUMP.hostPolicy]: { permissions: [{ any: true }], principals: [{ any: true }], condition: hostIsSniCondition(), cel_config: CEL_STRING_FEATURES },
+        },
+      },
+    },
+  };
+}
+
+/** B's local replies: RBAC's refusal carries its reason like every other denial; then the deny-set reply. */
+function bumpLocalReply(): Record<string, unknown> {
+  const base = resolvedIpDeniedReply() as { mappers: unknown[] };
+  return {
+    mappers: [
+      {
+        filter: {
+          extension_filter: {
+            name: 'envoy.access_loggers.extension_filters.cel',
+            typed_config: { '@type': EXT.celAccessLogFilter, expression: "response.code_details.startsWith('rbac_access_denied')" },
+          },
+        },
+        status_code: 403,
+        headers_to_add: [{ header: { key: DENY_HEADER, value: 'sni_mismatch' }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' }],
+        body: { inline_string: 'sni_mismatch\n' },
+      },
+      ...base.mappers,
+    ],
+  };
+}
 
 /**
  * A credential from a customer SDS server is injected as Envoy receives it: Portcullis never sees

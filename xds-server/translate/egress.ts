@@ -50,7 +50,7 @@ export interface EgressOptions {
   dnsRefreshSeconds?: number;
   /** static cluster of the control plane's gRPC server: access logs (ALS) go there when set */
   accessLogCluster?: string;
-  /** the bump / external-sds rungs need the control plane's ext_authz (tunnel and per-request checks) */
+  /** the bump / external-sds rungs need the control plane's ext_authz (the session check of every tunnel) */
   bump?: BumpOptions;
   /**
    * Every tunnel must present a valid session (ext_authz on transparent destinations too), so a

@@ -5,6 +5,7 @@ import { egressResources, type EgressOptions } from './egress.js';
 import { ingressResources, type IngressOptions } from './ingress.js';
 import { storageResources } from './storage.js';
 import { bumpResources } from './bump.js';
+import type { SessionDenialEntry } from '../sessions.js';
 
 /**
  * IR → Envoy resources. Pure: the same IR and options always give the same resources, sorted by
@@ -23,6 +24,11 @@ export interface TranslateOptions {
    * never produced by the translator itself.
    */
   secrets?: readonly Record<string, unknown>[];
+  /**
+   * Sessions refused inside bumped tunnels that are already open (revoked or expired): deny routes on
+   * the bump listener. Runtime state supplied by the control plane, like `secrets`.
+   */
+  sessionDenials?: readonly SessionDenialEntry[];
 }
 
 export interface Translation {
@@ -33,7 +39,7 @@ export interface Translation {
 
 export function translate(ir: Ir, o: TranslateOptions): Translation {
   const egress = egressResources(ir, o.egress);
-  const bump = o.egress.bump ? bumpResources(ir, o.egress, o.egress.bump) : { listeners: [], clusters: [] };
+  const bump = o.egress.bump ? bumpResources(ir, o.egress, o.egress.bump, o.sessionDenials) : { listeners: [], routes: [], clusters: [] };
   const storage = o.storage ? storageResources(ir, o.storage) : { listeners: [], routes: [], clusters: [] };
   const ingress = o.ingress ? ingressResources(ir, o.ingress) : { listeners: [], routes: [], clusters: [], staticClusters: [] };
   const staticClusters = [o.egress.accessLogCluster, o.storage?.accessLogCluster, o.egress.bump?.controlPlaneCluster, ...ingress.staticClusters].filter(
@@ -43,7 +49,7 @@ export function translate(ir: Ir, o: TranslateOptions): Translation {
   return {
     input: {
       [XDS.listener]: byName([...egress.listeners, ...bump.listeners, ...storage.listeners, ...ingress.listeners]),
-      [XDS.route]: byName([...egress.routes, ...storage.routes, ...ingress.routes]),
+      [XDS.route]: byName([...egress.routes, ...bump.routes, ...storage.routes, ...ingress.routes]),
       [XDS.cluster]: byName([...egress.clusters, ...bump.clusters, ...storage.clusters, ...ingress.clusters]),
       [XDS.endpoint]: [],
       [XDS.secret]: byName([...(o.secrets ?? [])].map((x) => ({ ...x }) as Record<string, unknown> & { name: string })),

@@ -1,5 +1,6 @@
 import { EXT } from '../../envoy/api/type-urls.js';
 import { dnsCacheConfig, type EgressOptions } from './egress.js';
+import { CEL_STRING_FEATURES, celBuilder } from './cel.js';
 
 /**
  * The SNI check of the `transparent` rung: a TLS tunnel's ClientHello must name the host the guest
@@ -98,28 +99,17 @@ export function sniConnectRoutes(tunnelTimeout: string): Array<Record<string, un
   ];
 }
 
-// ---- CEL (google.api.expr.v1alpha1.Expr, parsed form) ----------------------------------------
-
-let celId = 0;
-const cel = {
-  ident: (name: string) => ({ id: String(++celId), ident_expr: { name } }),
-  str: (s: string) => ({ id: String(++celId), const_expr: { string_value: s } }),
-  select: (operand: unknown, field: string) => ({ id: String(++celId), select_expr: { operand, field } }),
-  call: (fn: string, args: unknown[], target?: unknown) => ({ id: String(++celId), call_expr: { ...(target ? { target } : {}), function: fn, args } }),
-};
-
 /**
  * `a.startsWith(s + ':') || a.startsWith(s + '.:')` where a = the CONNECT authority and s = the SNI,
  * both lower-cased. Authorities of names always carry a port (CONNECT); a missing authority is a CEL
  * error, which RBAC treats as no match (refused); an empty SNI never matches.
  */
 export function sniIsAuthorityCondition(): Record<string, unknown> {
-  celId = 0;
-  // every node gets its own id (the AST is a tree: subexpressions are built again, not shared)
-  const authority = () => cel.call('lowerAscii', [], cel.call('string', [cel.call('_[_]', [cel.ident('filter_state'), cel.str(SNI.authorityKey)])]));
+  const cel = celBuilder();
+  const authority = () => cel.filterStateLower(SNI.authorityKey);
   const sni = () => cel.call('lowerAscii', [], cel.select(cel.ident('connection'), 'requested_server_name'));
-  const startsWith = (suffix: string) => cel.call('startsWith', [cel.call('_+_', [sni(), cel.str(suffix)])], authority());
-  return cel.call('_||_', [startsWith(':'), startsWith('.:')]);
+  const startsWith = (suffix: string) => cel.call('startsWith', [cel.concat(sni(), cel.str(suffix))], authority());
+  return cel.or(startsWith(':'), startsWith('.:'));
 }
 
 /** B, its clusters, and A's never-connecting resolve cluster. `dfpCluster` is A's forward proxy cluster. */
@@ -183,9 +173,7 @@ export function sniResources(denySet: readonly string[], dnsCache: string, dfpCl
                     permissions: [{ any: true }],
                     principals: [{ any: true }],
                     condition: sniIsAuthorityCondition(),
-                    // string(), + and lowerAscii() are off unless enabled (Envoy ≥ 1.40 field, overlay.ts);
-                    // inputs are bounded: an authority header and an SNI (≤ 255 bytes)
-                    cel_config: { enable_string_conversion: true, enable_string_concat: true, enable_string_functions: true },
+                    cel_config: CEL_STRING_FEATURES,
                   },
                 },
               },

@@ -1,0 +1,77 @@
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { JwtSessions } from './sessions.js';
+import { testSessionKey } from '../test/harness/session-keys.js';
+
+describe('JwtSessions: what Envoy must refuse inside open tunnels (denials)', () => {
+  afterEach(() => vi.useRealTimers());
+
+  it('a revoked session is denied with its first reason, until no tunnel opened before can still be open', async () => {
+    let now = 1_000_000;
+    const key = await testSessionKey();
+    const s = new JwtSessions({ jwks: () => ({ keys: [key.jwk] }), now: () => now, retainMs: 60_000 });
+    const changes: number[] = [];
+    s.onChange(() => changes.push(now));
+    s.revoke('b', 'exfil_budget_exceeded');
+    s.revoke('a');
+    s.revoke('a', 'exfil_budget_exceeded'); // the first reason stays; no second change
+    expect(changes).toHaveLength(2);
+    expect(s.denials()).toEqual([
+      { sessionId: 'a', reason: 'session_revoked' },
+      { sessionId: 'b', reason: 'exfil_budget_exceeded' },
+    ]);
+    now += 60_001;
+    expect(s.denials()).toEqual([]);
+    // the revocation itself stays: its tokens never verify again
+    expect(s.isRevoked('a')).toBe(true);
+    s.close();
+  });
+
+  it('a session whose newest token expired is denied (session_expired); a later token lifts it; the timer tells the listener', async () => {
+    vi.useFakeTimers({ now: 1_700_000_000_000 });
+    const key = await testSessionKey();
+    const s = new JwtSessions({ jwks: () => ({ keys: [key.jwk] }), clockToleranceSec: 1, retainMs: 10_000 });
+    let changes = 0;
+    s.onChange(() => changes++);
+    expect(await s.verifyToken(await key.token('e1', 2))).toMatchObject({ ok: true, sessionId: 'e1' });
+    expect(s.denials()).toEqual([]);
+    // 2 s of life + 1 s tolerance: the timer fires just after
+    await vi.advanceTimersByTimeAsync(3_100);
+    expect(changes).toBe(1);
+    expect(s.denials()).toEqual([{ sessionId: 'e1', reason: 'session_expired' }]);
+    expect(s.checkSession('e1')).toEqual({ ok: false, reason: 'session_expired' });
+    // a fresh token for the same session: it lives on, and the listener hears it
+    expect(await s.verifyToken(await key.token('e1', 60))).toMatchObject({ ok: true });
+    expect(changes).toBe(2);
+    expect(s.denials()).toEqual([]);
+    s.close();
+  });
+
+  it('expired entries leave after the retention, and the timer says so', async () => {
+    vi.useFakeTimers({ now: 1_700_000_000_000 });
+    const key = await testSessionKey();
+    const s = new JwtSessions({ jwks: () => ({ keys: [key.jwk] }), clockToleranceSec: 0, retainMs: 5_000 });
+    let changes = 0;
+    s.onChange(() => changes++);
+    await s.verifyToken(await key.token('x', 1));
+    await vi.advanceTimersByTimeAsync(1_100);
+    expect(s.denials().map((d) => d.sessionId)).toEqual(['x']);
+    await vi.advanceTimersByTimeAsync(5_000);
+    expect(s.denials()).toEqual([]);
+    expect(changes).toBe(2);
+    s.close();
+  });
+
+  it('no listener, no timer; a revoked session never verifies again', async () => {
+    vi.useFakeTimers({ now: 1_700_000_000_000 });
+    const key = await testSessionKey();
+    const s = new JwtSessions({ jwks: () => ({ keys: [key.jwk] }) });
+    await s.verifyToken(await key.token('q', 1));
+    expect(vi.getTimerCount()).toBe(0);
+    const off = s.onChange(() => undefined);
+    expect(vi.getTimerCount()).toBe(1);
+    off();
+    expect(vi.getTimerCount()).toBe(0);
+    s.revoke('q');
+    expect(await s.verifyToken(await key.token('q', 60))).toEqual({ ok: false, reason: 'session_revoked' });
+  });
+});
