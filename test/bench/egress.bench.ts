@@ -10,6 +10,11 @@
  *
  * This kernel has no netem, so network round-trip time cannot be added; the 20 ms is the upstream's
  * answer time (`?delay=20`).
+ *
+ * The modes are interleaved sample by sample (egress-client.ts). `BENCH_ROUNDS=K` runs the client K
+ * times against the same Envoy: the results pool every sample, `perRound`/`acrossRounds` give each
+ * round's ratios (this 2-core machine is noisy: one p99 of 1000 samples rests on its 10 worst).
+ * `BENCH_N` samples per mode; diagnostics: `BENCH_DELAYS=20`, `BENCH_MODES=bump`, `BENCH_KEEPALIVE_ONLY=1`.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -37,7 +42,11 @@ const PORT = 8443;
 const log = (s: string) => process.stderr.write(`${s}\n`);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pc-bench-egress-'));
 
-const WILD = Array.from({ length: 30 }, (_, i) => `n${i}.wild.bench.test`);
+/** Independent runs of the client (`BENCH_ROUNDS`, default 1): each round's ratios, and all rounds pooled. */
+const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 1));
+/** never-seen names under the wildcard bump rule, 30 per round */
+const WILD_BY_ROUND = Array.from({ length: ROUNDS }, (_, r) => Array.from({ length: 30 }, (_, i) => `n${r}-${i}.wild.bench.test`));
+const WILD = WILD_BY_ROUND.flat();
 
 async function envoyTimings(envoy: EnvoyProcess): Promise<Record<string, unknown>> {
   const re = /^(http\.egress_bump\.downstream_rq_time|cluster\.bump[:_]b\.bench\.test\.(upstream_rq_time|upstream_cx_connect_ms)|cluster\.egress_bump_tunnel\.upstream_rq_time|http\.egress\.downstream_rq_time|cluster\.portcullis_xds\.upstream_rq_time)$/;
@@ -122,49 +131,90 @@ try {
     ...(process.env.BENCH_MODES ? { modes: ['direct', ...process.env.BENCH_MODES.split(',').filter((m) => m !== 'direct')] } : {}),
     ...(process.env.BENCH_KEEPALIVE_ONLY ? { keepAliveOnly: true } : {}),
   };
-  const planFile = path.join(tmp, 'plan.json');
-  fs.writeFileSync(planFile, JSON.stringify(plan), { mode: 0o600 });
-  // (spawned asynchronously: this process must keep answering ext_authz and access logs meanwhile)
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(path.dirname(fileURLToPath(import.meta.url)), 'egress-client.ts'), planFile], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  let out = '';
-  child.stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
-  const code = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
-  if (code !== 0) throw new Error(`egress client exited ${code}`);
-  const raw = JSON.parse(out) as {
+  type Raw = {
     byDelay: Record<string, Record<string, { keepAlive: number[]; newConnection: number[] }>>;
     firstSni: number[];
     cachedSni: number[];
   };
+  const runClient = async (round: number): Promise<Raw> => {
+    const planFile = path.join(tmp, `plan-${round}.json`);
+    fs.writeFileSync(planFile, JSON.stringify({ ...plan, wild: WILD_BY_ROUND[round] }), { mode: 0o600 });
+    // (spawned asynchronously: this process must keep answering ext_authz and access logs meanwhile)
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(path.dirname(fileURLToPath(import.meta.url)), 'egress-client.ts'), planFile], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
+    const code = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+    if (code !== 0) throw new Error(`egress client exited ${code}`);
+    return JSON.parse(out) as Raw;
+  };
+  const raws: Raw[] = [];
+  for (let round = 0; round < ROUNDS; round++) {
+    log(`round ${round + 1}/${ROUNDS}`);
+    raws.push(await runClient(round));
+  }
   // Envoy's own view of the bump path (cumulative over the run): where the time goes inside Envoy,
   // and whether the upstream connection is reused (upstream_cx_total vs upstream_rq_total)
   const envoyView = await envoyTimings(envoy);
   log(`envoy: ${JSON.stringify(envoyView)}`);
-  const results: Record<string, Record<string, unknown>> = {};
-  const ratios: Record<string, unknown> = {};
-  for (const [delay, modes] of Object.entries(raw.byDelay)) {
-    const res: Record<string, { keepAliveMs: ReturnType<typeof summarize>; newConnectionMs: ReturnType<typeof summarize> }> = {};
-    for (const [mode, m] of Object.entries(modes)) res[mode] = { keepAliveMs: summarize(m.keepAlive), newConnectionMs: summarize(m.newConnection) };
-    const r = (k: string, which: 'keepAliveMs' | 'newConnectionMs', p: 'p50' | 'p99') =>
-      res[k] && res[k][which].n ? Math.round((res[k][which][p] / res.direct![which][p]) * 1000) / 1000 : null;
-    const added = (k: string, which: 'keepAliveMs' | 'newConnectionMs', p: 'p50' | 'p99') =>
-      res[k] && res[k][which].n ? Math.round((res[k][which][p] - res.direct![which][p]) * 1000) / 1000 : null;
-    const both = (k: string, f: typeof r) => ({ keepAliveP50: f(k, 'keepAliveMs', 'p50'), keepAliveP99: f(k, 'keepAliveMs', 'p99'), newConnectionP50: f(k, 'newConnectionMs', 'p50'), newConnectionP99: f(k, 'newConnectionMs', 'p99') });
-    const key = Number(delay) ? `upstream${delay}ms` : 'upstreamImmediate';
-    results[key] = res;
-    ratios[key] = { transparentOverDirect: both('transparent', r), bumpOverDirect: both('bump', r), addedMs: { transparent: both('transparent', added), bump: both('bump', added) } };
-    log(`[${key}] ${JSON.stringify(ratios[key])}`);
+
+  type Summary = ReturnType<typeof summarize>;
+  const ratiosOf = (byDelay: Raw['byDelay']) => {
+    const results: Record<string, Record<string, { keepAliveMs: Summary; newConnectionMs: Summary }>> = {};
+    const ratios: Record<string, { transparentOverDirect: Record<string, number | null>; bumpOverDirect: Record<string, number | null>; addedMs: Record<string, Record<string, number | null>> }> = {};
+    for (const [delay, modes] of Object.entries(byDelay)) {
+      const res: Record<string, { keepAliveMs: Summary; newConnectionMs: Summary }> = {};
+      for (const [mode, m] of Object.entries(modes)) res[mode] = { keepAliveMs: summarize(m.keepAlive), newConnectionMs: summarize(m.newConnection) };
+      const r = (k: string, which: 'keepAliveMs' | 'newConnectionMs', p: 'p50' | 'p99') =>
+        res[k] && res[k][which].n ? Math.round((res[k][which][p] / res.direct![which][p]) * 1000) / 1000 : null;
+      const added = (k: string, which: 'keepAliveMs' | 'newConnectionMs', p: 'p50' | 'p99') =>
+        res[k] && res[k][which].n ? Math.round((res[k][which][p] - res.direct![which][p]) * 1000) / 1000 : null;
+      const both = (k: string, f: typeof r) => ({ keepAliveP50: f(k, 'keepAliveMs', 'p50'), keepAliveP99: f(k, 'keepAliveMs', 'p99'), newConnectionP50: f(k, 'newConnectionMs', 'p50'), newConnectionP99: f(k, 'newConnectionMs', 'p99') });
+      const key = Number(delay) ? `upstream${delay}ms` : 'upstreamImmediate';
+      results[key] = res;
+      ratios[key] = { transparentOverDirect: both('transparent', r), bumpOverDirect: both('bump', r), addedMs: { transparent: both('transparent', added), bump: both('bump', added) } };
+    }
+    return { results, ratios };
+  };
+  // every round on its own, then all samples pooled
+  const perRound = raws.map((x) => ratiosOf(x.byDelay).ratios);
+  const pooledByDelay: Raw['byDelay'] = {};
+  for (const x of raws) {
+    for (const [delay, modes] of Object.entries(x.byDelay)) {
+      for (const [mode, m] of Object.entries(modes)) {
+        const into = ((pooledByDelay[delay] ??= {})[mode] ??= { keepAlive: [], newConnection: [] });
+        into.keepAlive.push(...m.keepAlive);
+        into.newConnection.push(...m.newConnection);
+      }
+    }
   }
-  const firstSni = raw.firstSni;
-  const cachedSni = raw.cachedSni;
+  const { results, ratios } = ratiosOf(pooledByDelay);
+  for (const [key, v] of Object.entries(ratios)) log(`[${key}, ${raws.length} round(s) pooled] ${JSON.stringify(v)}`);
+  // the spread of each round's ratio (p99 over direct), per rung and delay
+  const acrossRounds: Record<string, Record<string, unknown>> = {};
+  for (const key of Object.keys(ratios)) {
+    for (const rung of ['transparentOverDirect', 'bumpOverDirect'] as const) {
+      for (const m of ['keepAliveP99', 'newConnectionP99'] as const) {
+        const xs = perRound.map((r) => r[key]?.[rung][m]).filter((v): v is number => typeof v === 'number');
+        if (xs.length) (acrossRounds[key] ??= {})[`${rung}.${m}`] = { rounds: xs, ...summarize(xs) };
+      }
+    }
+  }
+  if (raws.length > 1) log(`across rounds: ${JSON.stringify(acrossRounds)}`);
+  const firstSni = raws.flatMap((x) => x.firstSni);
+  const cachedSni = raws.flatMap((x) => x.cachedSni);
   const diffs = firstSni.map((v, i) => v - cachedSni[i]!).sort((a, b) => a - b);
   log(`first handshake to a new SNI: p50 ${summarize(firstSni).p50} ms, same SNI again p50 ${summarize(cachedSni).p50} ms`);
   const file = writeResult(process.env.PORTCULLIS_BENCH_NAME ?? 'egress', {
     n: N,
+    rounds: raws.length,
+    sampling: 'the modes are interleaved sample by sample (order rotating), so machine noise falls on every mode alike; results and ratios pool every round, perRound and acrossRounds give each round on its own',
     config: 'egress listener as `portcullis up` runs it: session credential on every tunnel (ext_authz), gRPC access logs, resolved-IP deny-set',
     results,
     ratios,
+    perRound,
+    acrossRounds,
     newSniUnderWildcard: {
       firstHandshakeMs: summarize(firstSni),
       sameSniAgainMs: summarize(cachedSni),
