@@ -38,7 +38,6 @@ describe('JwtSessions: what Envoy must refuse inside open tunnels (denials)', ()
     await vi.advanceTimersByTimeAsync(3_100);
     expect(changes).toBe(1);
     expect(s.denials()).toEqual([{ sessionId: 'e1', reason: 'session_expired' }]);
-    expect(s.checkSession('e1')).toEqual({ ok: false, reason: 'session_expired' });
     // a fresh token for the same session: it lives on, and the listener hears it
     expect(await s.verifyToken(await key.token('e1', 60))).toMatchObject({ ok: true });
     expect(changes).toBe(2);
@@ -73,5 +72,34 @@ describe('JwtSessions: what Envoy must refuse inside open tunnels (denials)', ()
     expect(vi.getTimerCount()).toBe(0);
     s.revoke('q');
     expect(await s.verifyToken(await key.token('q', 60))).toEqual({ ok: false, reason: 'session_revoked' });
+  });
+});
+
+describe('JwtSessions: a tunnel token is verified once, its session checked every time', () => {
+  afterEach(() => vi.useRealTimers());
+
+  it('a remembered token still answers revocation, expiry and a change of the signer keys', async () => {
+    vi.useFakeTimers({ now: 1_700_000_000_000 });
+    const k1 = await testSessionKey('k1');
+    const k2 = await testSessionKey('k2');
+    let keys = [k1.jwk];
+    const s = new JwtSessions({ jwks: () => ({ keys }), clockToleranceSec: 0 });
+    const a = await k1.token('a', 60);
+    const b = await k1.token('b', 2);
+    expect(await s.verifyToken(a)).toEqual({ ok: true, sessionId: 'a' });
+    expect(await s.verifyToken(b)).toEqual({ ok: true, sessionId: 'b' });
+    // a token that fails verification is not remembered as good
+    const forged = `${a.slice(0, -4)}AAAA`;
+    expect(await s.verifyToken(forged)).toEqual({ ok: false, reason: 'session_credential_missing' });
+    s.revoke('a', 'exfil_budget_exceeded');
+    expect(await s.verifyToken(a)).toEqual({ ok: false, reason: 'exfil_budget_exceeded' });
+    vi.advanceTimersByTime(2_500);
+    expect(await s.verifyToken(b)).toEqual({ ok: false, reason: 'session_expired' });
+    // rotated keys: what k1 signed no longer verifies, remembered or not
+    const c = await k1.token('c', 60);
+    expect(await s.verifyToken(c)).toEqual({ ok: true, sessionId: 'c' });
+    keys = [k2.jwk];
+    expect(await s.verifyToken(c)).toEqual({ ok: false, reason: 'session_credential_missing' });
+    expect(await s.verifyToken(await k2.token('d', 60))).toEqual({ ok: true, sessionId: 'd' });
   });
 });

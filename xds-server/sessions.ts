@@ -18,8 +18,6 @@ export type SessionCheck = { ok: true; sessionId: string } | { ok: false; reason
 export interface SessionAuthority {
   /** A tunnel's token (from Proxy-Authorization). */
   verifyToken(token: string | undefined): Promise<SessionCheck>;
-  /** A session already admitted at CONNECT: still valid? */
-  checkSession(sessionId: string | undefined): SessionCheck;
   /**
    * Sessions Envoy must refuse inside tunnels that are already open (revoked or expired), for as long
    * as a tunnel opened before could still be open. The translator turns them into deny routes on the
@@ -55,6 +53,9 @@ export interface JwtSessionOptions {
   retainMs?: number;
 }
 
+/** Verified tokens remembered (oldest forgotten first). */
+const MAX_VERIFIED = 4096;
+
 /** Node's timers hold at most 2^31-1 ms; later instants are checked again on the way. */
 const MAX_TIMER_MS = 2_147_000_000;
 
@@ -64,7 +65,21 @@ export class JwtSessions implements SessionAuthority {
   private readonly listeners = new Set<() => void>();
   private timer: NodeJS.Timeout | undefined;
   private timerAt = Infinity;
+  /** The signer's keys as last imported, and tokens already verified with them (bounded). */
+  private keys: { fingerprint: string; set: ReturnType<typeof createLocalJWKSet> } | undefined;
+  private readonly verified = new Map<string, { sid: string; expMs: number | undefined }>();
   constructor(private readonly o: JwtSessionOptions) {}
+
+  /** The key set, imported again only when the signer's JWKS changed (a changed set forgets every verified token). */
+  private keySet(): ReturnType<typeof createLocalJWKSet> {
+    const jwks = this.o.jwks();
+    const fingerprint = JSON.stringify(jwks);
+    if (this.keys?.fingerprint !== fingerprint) {
+      this.keys = { fingerprint, set: createLocalJWKSet(jwks) };
+      this.verified.clear();
+    }
+    return this.keys.set;
+  }
 
   private now(): number {
     return this.o.now?.() ?? Date.now();
@@ -78,10 +93,26 @@ export class JwtSessions implements SessionAuthority {
     return this.o.retainMs ?? DEFAULT_DENIAL_RETENTION_MS;
   }
 
+  /**
+   * A tunnel's token: signature, audience, issuer and expiry are checked once per token and
+   * remembered (up to MAX_VERIFIED tokens, while the signer's keys stay the same); revocation and
+   * expiry are checked again on every call.
+   */
   async verifyToken(token: string | undefined): Promise<SessionCheck> {
     if (!token) return { ok: false, reason: 'session_credential_missing' };
+    const keys = this.keySet();
+    const known = this.verified.get(token);
+    if (known) {
+      const revoked = this.revoked.get(known.sid);
+      if (revoked) return { ok: false, reason: revoked.reason };
+      if (known.expMs !== undefined && this.isExpired(known.expMs, this.now())) {
+        this.verified.delete(token);
+        return { ok: false, reason: 'session_expired' };
+      }
+      return { ok: true, sessionId: known.sid };
+    }
     try {
-      const { payload } = await jwtVerify(token, createLocalJWKSet(this.o.jwks()), {
+      const { payload } = await jwtVerify(token, keys, {
         audience: this.o.audience ?? SESSION_AUDIENCE,
         ...(this.o.issuer ? { issuer: this.o.issuer } : {}),
         algorithms: ['EdDSA'],
@@ -93,21 +124,13 @@ export class JwtSessions implements SessionAuthority {
       const revoked = this.revoked.get(sid);
       if (revoked) return { ok: false, reason: revoked.reason };
       if (payload.exp) this.extend(sid, payload.exp * 1000);
+      if (this.verified.size >= MAX_VERIFIED) this.verified.delete(this.verified.keys().next().value!);
+      this.verified.set(token, { sid, expMs: payload.exp ? payload.exp * 1000 : undefined });
       return { ok: true, sessionId: sid };
     } catch (e) {
       const code = (e as { code?: string }).code;
       return { ok: false, reason: code === 'ERR_JWT_EXPIRED' ? 'session_expired' : 'session_credential_missing' };
     }
-  }
-
-  checkSession(sessionId: string | undefined): SessionCheck {
-    if (!sessionId) return { ok: false, reason: 'session_credential_missing' };
-    const revoked = this.revoked.get(sessionId);
-    if (revoked) return { ok: false, reason: revoked.reason };
-    const exp = this.expiry.get(sessionId);
-    if (exp === undefined) return { ok: false, reason: 'session_credential_missing' };
-    if (this.isExpired(exp, this.now())) return { ok: false, reason: 'session_expired' };
-    return { ok: true, sessionId };
   }
 
   /** Refuse the session from now on; a later revocation of the same session keeps the first reason. */
