@@ -7,6 +7,7 @@ import type { StreamAccessLogsResponse } from '../envoy/generated/envoy/service/
 import type { HTTPAccessLogEntry__Output } from '../envoy/generated/envoy/data/accesslog/v3/HTTPAccessLogEntry.js';
 import type { TCPAccessLogEntry__Output } from '../envoy/generated/envoy/data/accesslog/v3/TCPAccessLogEntry.js';
 import { envoyServices } from './grpc.js';
+import { SNI } from './translate/sni.js';
 
 /**
  * The access-log receiver (gRPC ALS): Envoy streams an entry per request and, for long CONNECT
@@ -34,10 +35,24 @@ export interface NetworkEvent {
   durationMs: number | null;
   /** the ClientHello's SNI, on entries of the SNI-checking listener */
   sni?: string | null;
+  /** on a refusal of the SNI-checking listener: the egress listener's stream id of the tunnel */
+  tunnelStreamId?: string | null;
 }
+
+/** How long the egress listener's entry of an SNI-checked tunnel waits for the check's verdict. */
+export const SNI_VERDICT_WAIT_MS = 2000;
+const MAX_VERDICTS = 4096;
 
 export class AccessLogReceiver {
   private readonly lastBytes = new Map<string, { out: number; in: number }>();
+  /**
+   * The SNI check's verdict per tunnel (by the egress listener's stream id), and the egress
+   * listener's final entries of SNI-checked tunnels still waiting for one: a refused tunnel is one
+   * `network.denied` event, never also an egress entry (its CONNECT was answered 200 before the
+   * ClientHello was read, and no byte of it left the host).
+   */
+  private readonly verdicts = new Map<string, 'refused' | 'passed'>();
+  private readonly waiting = new Map<string, { ev: NetworkEvent; timer: NodeJS.Timeout }>();
   private readonly log: Logger;
   constructor(private readonly deps: { logger: Logger; metrics: Metrics; events: EventSink; onEntry?: (e: NetworkEvent) => void }) {
     this.log = deps.logger.child({ component: 'als' });
@@ -88,6 +103,28 @@ export class AccessLogReceiver {
     };
     if (ev.intermediate) this.lastBytes.set(streamId, { out: outTotal, in: inTotal });
     else this.lastBytes.delete(streamId);
+    if (!ev.intermediate && c?.route_name === SNI.tunnelRoute) {
+      const verdict = this.verdicts.get(streamId);
+      this.verdicts.delete(streamId);
+      if (verdict === 'refused') {
+        this.deps.metrics.inc('als_refused_tunnel_entries_total');
+        return;
+      }
+      if (verdict === undefined) {
+        const timer = setTimeout(() => {
+          this.waiting.delete(streamId);
+          this.emitHttp(ev);
+        }, SNI_VERDICT_WAIT_MS);
+        timer.unref();
+        this.waiting.set(streamId, { ev, timer });
+        return;
+      }
+    }
+    this.emitHttp(ev);
+  }
+
+  private emitHttp(ev: NetworkEvent): void {
+    const lane = ev.lane;
     this.deps.metrics.inc('egress_bytes_total', { lane, dir: 'out' }, ev.bytesOut);
     this.deps.metrics.inc('egress_bytes_total', { lane, dir: 'in' }, ev.bytesIn);
     this.deps.events.emit({
@@ -109,8 +146,10 @@ export class AccessLogReceiver {
   private tcp(lane: string, node: string, e: TCPAccessLogEntry__Output): void {
     if (lane !== SNI_LOG_NAME) return;
     const reason = sniRefusal(e);
-    if (!reason) return;
     const c = e.common_properties;
+    const tunnelStreamId = filterStateString(c?.filter_state_objects?.[SNI.tunnelStreamKey]) || null;
+    if (tunnelStreamId && !c?.intermediate_log_entry) this.verdict(tunnelStreamId, reason ? 'refused' : 'passed');
+    if (!reason) return;
     const session = filterStateString(c?.filter_state_objects?.['portcullis.session']) || null;
     const ev: NetworkEvent = {
       lane,
@@ -128,11 +167,26 @@ export class AccessLogReceiver {
       bytesIn: 0,
       durationMs: c?.duration ? Number(c.duration.seconds) * 1000 + Math.round(c.duration.nanos / 1e6) : null,
       sni: c?.tls_properties?.tls_sni_hostname || null,
+      tunnelStreamId,
     };
     this.deps.metrics.inc('egress_sni_refused_total', { reason });
     this.deps.events.emit({ type: 'network.denied', severity: 'warning', source: 'envoy', ...(session ? { sessionId: session } : {}), data: { ...ev } });
     this.deps.onEntry?.(ev);
     this.log.debug({ lane, authority: ev.authority, reason }, 'tunnel refused');
+  }
+
+  /** The SNI check's verdict on a tunnel: settles the egress entry waiting for it, or is kept for it. */
+  private verdict(tunnelStreamId: string, v: 'refused' | 'passed'): void {
+    const w = this.waiting.get(tunnelStreamId);
+    if (w) {
+      clearTimeout(w.timer);
+      this.waiting.delete(tunnelStreamId);
+      if (v === 'passed') this.emitHttp(w.ev);
+      else this.deps.metrics.inc('als_refused_tunnel_entries_total');
+      return;
+    }
+    if (this.verdicts.size >= MAX_VERDICTS) this.verdicts.delete(this.verdicts.keys().next().value!);
+    this.verdicts.set(tunnelStreamId, v);
   }
 }
 

@@ -13,7 +13,7 @@ import type { Ir } from '../../policy/ir.js';
 import type { ControlPlane } from '../../xds-server/control-plane.js';
 import { stopAllEnvoys, type EnvoyProcess } from '../../envoy/process.js';
 import { rejectedUpdates } from '../../envoy/admin.js';
-import type { NetworkEvent } from '../../xds-server/als.js';
+import { SNI_VERDICT_WAIT_MS, type NetworkEvent } from '../../xds-server/als.js';
 import { startEgressStack } from '../harness/egress-stack.js';
 import { SNI } from '../../xds-server/translate/sni.js';
 
@@ -232,6 +232,22 @@ describe.skipIf(!gate.ok)('egress, transparent rung: the ClientHello SNI must be
       expect(ms).toBeGreaterThanOrEqual(9_000);
       expect(ms).toBeLessThan(15_000);
     });
+  });
+
+  it('a refused tunnel is one network.denied event, linked to the tunnel; the CONNECT\'s own final 200 entry is not recorded as egress', async () => {
+    const refusals = netEvents.filter((x) => x.lane === SNI.logName && x.reason === 'sni_mismatch' && x.tunnelStreamId);
+    expect(refusals.length).toBeGreaterThanOrEqual(4);
+    // every egress entry of those tunnels has had time to arrive (ALS flush + the verdict wait)
+    await new Promise((r) => setTimeout(r, SNI_VERDICT_WAIT_MS + 1500));
+    const ids = new Set(refusals.map((x) => x.tunnelStreamId));
+    // the tunnel's final entry on the egress listener is not recorded (its intermediate entries, if
+    // the tunnel stayed open long enough for one, are: they come before the verdict)
+    const linked = netEvents.filter((x) => x.lane === 'egress' && ids.has(x.streamId));
+    expect(linked.filter((x) => !x.intermediate)).toEqual([]);
+    expect(linked.every((x) => x.method === 'CONNECT' && x.intermediate)).toBe(true);
+    expect(cp.metrics.total('als_refused_tunnel_entries_total')).toBeGreaterThanOrEqual(refusals.length);
+    // a tunnel that passed the check is recorded as egress, as before
+    expect(netEvents.some((x) => x.lane === 'egress' && x.method === 'CONNECT' && x.status === 200 && /api\.allowed\.test/i.test(x.authority))).toBe(true);
   });
 
   it('an IP-literal authority keeps the direct path: no SNI needed', async () => {

@@ -70,6 +70,8 @@ describe('egress SNI check (transparent rung)', () => {
     expect(hop.clear_route_cache).toBe(true);
     expect(hop.on_request_headers.map((v: Obj) => [v.object_key, v.shared_with_upstream, v.format_string.text_format_source.inline_string])).toEqual([
       [SNI.authorityKey, 'ONCE', '%REQ(:authority)%'],
+      // A's own stream id of the tunnel, so B's verdict is joined to A's access log entry
+      [SNI.tunnelStreamKey, 'ONCE', '%STREAM_ID%'],
     ]);
   });
 
@@ -87,8 +89,8 @@ describe('egress SNI check (transparent rung)', () => {
     expect(rbac!.typed_config.rules.policies[SNI.policy].condition).toEqual(sniIsAuthorityCondition());
     expect(tcp!.name).toBe('envoy.filters.network.tcp_proxy');
     expect(tcp!.typed_config).toMatchObject({ cluster: EGRESS.dfpCluster, upstream_connect_mode: 'ON_DOWNSTREAM_DATA' });
-    // every tunnel B handles is logged to the control plane, with the authority and the session
-    expect(b.access_log[0].typed_config.common_config).toMatchObject({ log_name: SNI.logName, filter_state_objects_to_log: [SNI.authorityKey, SNI.sessionKey] });
+    // every tunnel B handles is logged to the control plane, with the authority, the session and A's stream id
+    expect(b.access_log[0].typed_config.common_config).toMatchObject({ log_name: SNI.logName, filter_state_objects_to_log: [SNI.authorityKey, SNI.sessionKey, SNI.tunnelStreamKey] });
   });
 
   it('the CEL condition: lower-cased SNI + ":" (or ".:") is a prefix of the lower-cased authority', () => {

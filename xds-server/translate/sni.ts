@@ -40,7 +40,9 @@ import { CEL_STRING_FEATURES, celBuilder } from './cel.js';
  *
  * Every refusal is logged by B's listener access log (`egress_sni` lane of ALS); its RBAC
  * termination detail `rbac_access_denied_matched_policy[none]` is turned into a `network.denied`
- * event with reason `sni_mismatch` by xds-server/als.ts.
+ * event with reason `sni_mismatch` by xds-server/als.ts. B's entry carries A's stream id of the
+ * tunnel, so the receiver drops A's own entry of a refused tunnel (its CONNECT was answered 200
+ * before the ClientHello was read; no byte left the host) instead of recording it as egress.
  */
 
 export const SNI = {
@@ -48,7 +50,11 @@ export const SNI = {
   tunnelCluster: 'egress_sni_tunnel',
   resolveCluster: 'egress_sni_resolve',
   authorityKey: 'portcullis.tunnel_authority',
+  /** the egress listener's stream id of the tunnel, so B's verdict is joined to A's access log entry */
+  tunnelStreamKey: 'portcullis.tunnel_stream',
   sessionKey: 'portcullis.session',
+  /** A's route into B (its access log entries carry it as `route_name`) */
+  tunnelRoute: 'sni-tunnel',
   /** Envoy's well-known key: the host a dynamic forward proxy cluster picks for a TCP connection */
   dynamicHostKey: 'envoy.upstream.dynamic_host',
   policy: 'sni-is-authority',
@@ -74,6 +80,13 @@ export function sniHopFilter(): Record<string, unknown> {
           shared_with_upstream: 'ONCE',
           skip_if_empty: true,
         },
+        {
+          object_key: SNI.tunnelStreamKey,
+          factory_key: 'envoy.string',
+          format_string: { text_format_source: { inline_string: '%STREAM_ID%' } },
+          shared_with_upstream: 'ONCE',
+          skip_if_empty: true,
+        },
       ],
       // the route is chosen again now that the authority is recorded (Envoy ≥ 1.40 field, overlay.ts)
       clear_route_cache: true,
@@ -91,7 +104,7 @@ export function sniConnectRoutes(tunnelTimeout: string): Array<Record<string, un
   });
   return [
     {
-      name: 'sni-tunnel',
+      name: SNI.tunnelRoute,
       match: { connect_matcher: {}, filter_state: [{ key: SNI.authorityKey, string_match: { safe_regex: { regex: '.+' } } }] },
       route: connect(SNI.tunnelCluster),
     },
@@ -127,7 +140,7 @@ export function sniResources(denySet: readonly string[], dnsCache: string, dfpCl
               transport_api_version: 'V3',
               buffer_flush_interval: '0.5s',
               buffer_size_bytes: 16384,
-              filter_state_objects_to_log: [SNI.authorityKey, SNI.sessionKey],
+              filter_state_objects_to_log: [SNI.authorityKey, SNI.sessionKey, SNI.tunnelStreamKey],
             },
           },
         },
