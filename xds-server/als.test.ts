@@ -11,7 +11,8 @@ function receiver() {
   let impl: Record<string, (call: EventEmitter, cb: () => void) => void> = {};
   const events = new EventBus();
   const metrics = new Metrics();
-  new AccessLogReceiver({ logger: silentLogger(), metrics, events }).register({ addService: (_d, i) => void (impl = i as unknown as typeof impl) });
+  const als = new AccessLogReceiver({ logger: silentLogger(), metrics, events });
+  als.register({ addService: (_d, i) => void (impl = i as unknown as typeof impl) });
   const streams = new Map<string, EventEmitter>();
   const send = (logName: string, body: Record<string, unknown>) => {
     let call = streams.get(logName);
@@ -23,7 +24,7 @@ function receiver() {
     }
     call.emit('data', body);
   };
-  return { events, metrics, send };
+  return { events, metrics, send, als };
 }
 
 const str = (s: string) => ({ type_url: 'type.googleapis.com/google.protobuf.StringValue', value: Buffer.concat([Buffer.from([0x0a, s.length]), Buffer.from(s)]) });
@@ -73,7 +74,7 @@ describe('access logs of SNI-checked tunnels: a refused tunnel is one network.de
 
   it('a verdict that came first is applied at once; with no verdict the entry goes out after the wait', () => {
     vi.useFakeTimers();
-    const { events, send } = receiver();
+    const { events, send, als } = receiver();
     send(SNI.logName, verdictEntry('B1', true));
     send('egress', tunnelEntry('B1'));
     send(SNI.logName, verdictEntry('B2', false));
@@ -84,8 +85,13 @@ describe('access logs of SNI-checked tunnels: a refused tunnel is one network.de
     expect(events.history('network.egress').map((e) => e.data.streamId)).toEqual(['B2']);
     vi.advanceTimersByTime(2);
     expect(events.history('network.egress').map((e) => e.data.streamId)).toEqual(['B2', 'B3']);
+    // at shutdown an entry still waiting goes out as it is
+    send('egress', tunnelEntry('B4'));
+    expect(events.history('network.egress').map((e) => e.data.streamId)).toEqual(['B2', 'B3']);
+    als.flush();
+    expect(events.history('network.egress').map((e) => e.data.streamId)).toEqual(['B2', 'B3', 'B4']);
     // an ordinary CONNECT (not through the SNI check) is never held
     send('egress', { http_logs: { log_entry: [{ common_properties: { stream_id: 'C1' }, request: { request_method: 'CONNECT' }, response: { response_code: { value: 200 } } }] } });
-    expect(events.history('network.egress').map((e) => e.data.streamId)).toEqual(['B2', 'B3', 'C1']);
+    expect(events.history('network.egress').map((e) => e.data.streamId)).toEqual(['B2', 'B3', 'B4', 'C1']);
   });
 });

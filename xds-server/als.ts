@@ -175,6 +175,15 @@ export class AccessLogReceiver {
     this.log.debug({ lane, authority: ev.authority, reason }, 'tunnel refused');
   }
 
+  /** Emit every egress entry still waiting for a verdict, as it is (at shutdown: nothing is lost). */
+  flush(): void {
+    for (const [id, w] of [...this.waiting]) {
+      clearTimeout(w.timer);
+      this.waiting.delete(id);
+      this.emitHttp(w.ev);
+    }
+  }
+
   /** The SNI check's verdict on a tunnel: settles the egress entry waiting for it, or is kept for it. */
   private verdict(tunnelStreamId: string, v: 'refused' | 'passed'): void {
     const w = this.waiting.get(tunnelStreamId);

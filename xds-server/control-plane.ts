@@ -74,7 +74,8 @@ export class ControlPlane {
       cache: new SnapshotCache({ holdOffMs: o.holdOffMs ?? 50 }),
     });
     // Envoy's access logs come back over the same gRPC server (cluster `portcullis_xds`).
-    new AccessLogReceiver({ logger: o.logger, metrics: this.metrics, events: this.events }).register(this.server);
+    this.als = new AccessLogReceiver({ logger: o.logger, metrics: this.metrics, events: this.events });
+    this.als.register(this.server);
     // One ext_authz service for every listener; lanes are added by the parts that need them.
     this.authz = new AuthzRouter(o.logger);
     if (o.bump) registerEgressAuthz(this.authz, { sessions: o.bump.sessions, metrics: this.metrics, events: this.events });
@@ -140,6 +141,7 @@ export class ControlPlane {
   }
 
   private readonly unsubscribe: (() => void) | undefined;
+  private readonly als: AccessLogReceiver;
   private denialsPending = false;
 
   /** Session changes come in bursts (kill-all): one publication per turn of the event loop. */
@@ -328,6 +330,8 @@ export class ControlPlane {
   async close(): Promise<void> {
     this.unsubscribe?.();
     await this.server.close();
+    // entries Envoy sent before the server closed, still waiting for the SNI check's verdict
+    this.als.flush();
   }
 }
 
