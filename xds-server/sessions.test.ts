@@ -103,3 +103,26 @@ describe('JwtSessions: a tunnel token is verified once, its session checked ever
     expect(await s.verifyToken(await k2.token('d', 60))).toEqual({ ok: true, sessionId: 'd' });
   });
 });
+
+describe('JwtSessions: the expiry timer against a wall clock that lags the timers', () => {
+  afterEach(() => vi.useRealTimers());
+
+  it('a timer that fires at the very instant of expiry (not yet expired) is armed again, not left for the retention', async () => {
+    vi.useFakeTimers({ now: 1_700_000_000_000 });
+    const key = await testSessionKey();
+    let wall = Date.now();
+    const s = new JwtSessions({ jwks: () => ({ keys: [key.jwk] }), clockToleranceSec: 0, retainMs: 3_600_000, now: () => wall });
+    const seen: string[][] = [];
+    s.onChange(() => seen.push(s.denials().map((d) => d.sessionId)));
+    await s.verifyToken(await key.token('z', 2));
+    const expiresAt = wall + 2_000;
+    // the timer fires (expiresAt + 1 by the timers' clock) while the wall clock still reads expiresAt
+    wall = expiresAt;
+    await vi.advanceTimersByTimeAsync(2_001);
+    expect(seen).toEqual([[]]);
+    wall = expiresAt + 5;
+    await vi.advanceTimersByTimeAsync(5);
+    expect(seen).toEqual([[], ['z']]);
+    s.close();
+  });
+});

@@ -220,7 +220,9 @@ export class JwtSessions implements SessionAuthority {
         this.expiry.delete(sid);
         continue;
       }
-      next = Math.min(next, expiresAt > now ? expiresAt + 1 : end);
+      // not expired yet (by the same test as `denials()`): wake just after it is; a timer may fire a
+      // little early by the wall clock, and then it is armed again for what is left
+      next = Math.min(next, this.isExpired(exp, now) ? end : expiresAt + 1);
     }
     if (next === this.timerAt && this.timer) return;
     this.clearTimer();
