@@ -17,6 +17,7 @@ import { PublicDenial, denial, deniedToolResult, httpStatusFor, jsonRpcCodeFor, 
 import { argumentDigest, checkEnvelopeValue } from './jsonrpc.js';
 import { toolDescriptors, type ToolArgs, type ToolName } from './tools.js';
 import { CALLER_HEADER, MCP_PATH, ORIGIN_HEADER } from './headers.js';
+import { setBounded } from '../common/bounded.js';
 
 /**
  * The MCP gateway: Streamable HTTP (MCP SDK) on loopback or a unix socket, reached only through the
@@ -244,8 +245,7 @@ export class McpGateway {
    */
   revoke(sessionId: string, reason: RevocationReason = 'session_revoked'): void {
     if (!this.revokedIds.has(sessionId)) {
-      this.revokedIds.set(sessionId, reason);
-      if (this.revokedIds.size > MAX_REVOKED_REMEMBERED) this.revokedIds.delete(this.revokedIds.keys().next().value!);
+      setBounded(this.revokedIds, sessionId, reason, MAX_REVOKED_REMEMBERED);
     }
     for (const rec of this.sessions.values()) {
       if (rec.sandboxId === sessionId || rec.handle === sessionId) this.revokeRec(rec, this.revokedIds.get(sessionId)!);

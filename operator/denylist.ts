@@ -117,9 +117,9 @@ export class Denylist {
     return this.entries.has(sessionId);
   }
 
-  /** True once every enforcer that can tell confirms the revocations so far are in force. */
+  /** True once every enforcer that can tell confirms the revocations so far are in force; never rejects. */
   async enforced(): Promise<boolean> {
-    const confirm = this.enforcers.filter((e) => e.enforced).map((e) => e.enforced!().catch(() => false));
+    const confirm = this.enforcers.filter((e) => e.enforced).map((e) => Promise.resolve().then(() => e.enforced!()).catch(() => false));
     return (await Promise.all(confirm)).every(Boolean);
   }
 

@@ -62,6 +62,10 @@ describe('kill switch', () => {
       expect((await p).edgeEnforced).toBe(confirms);
       expect(metrics.total('operator_edge_unconfirmed_total')).toBe(confirms ? 0 : 1);
     }
+    // an enforcer that throws while confirming counts as not confirmed; the kill still completes
+    const throwing = { revoke: () => undefined, enforced: (): Promise<boolean> => { throw new Error('edge down'); } };
+    const denylist = await Denylist.open({ enforcers: [throwing], logger: silentLogger() });
+    expect(await denylist.enforced()).toBe(false);
   });
 
   it('fails closed: when the attempt cannot be audited nothing is revoked and nothing torn down', async () => {

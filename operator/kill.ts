@@ -150,7 +150,7 @@ export class KillSwitch {
       const revoked = ids.map((id) => ({ id, d: this.deny(id, 'kill', 'session_revoked', opts) }));
       const revokeAllMs = this.now() - t0;
       const edge = this.edgeEnforced();
-      const sessions: KillResult[] = [];
+      const tornDown: Omit<KillResult, 'edgeEnforced'>[] = [];
       const failed: { sessionId: string; code: string }[] = [];
       let next = 0;
       const worker = async () => {
@@ -160,7 +160,7 @@ export class KillSwitch {
           try {
             const sandbox = await this.teardown(id, 'operator_kill_all');
             const teardownMs = this.now() - t1;
-            sessions.push({ sessionId: id, newlyDenied: d.added, deny: d.entry, sandbox, revokeMs: revokeAllMs, edgeEnforced: false, teardownMs, totalMs: this.now() - t0 });
+            tornDown.push({ sessionId: id, newlyDenied: d.added, deny: d.entry, sandbox, revokeMs: revokeAllMs, teardownMs, totalMs: this.now() - t0 });
           } catch (e) {
             failed.push({ sessionId: id, code: isPortcullisError(e) ? e.code : 'internal' });
           }
@@ -168,7 +168,7 @@ export class KillSwitch {
       };
       await Promise.all(Array.from({ length: Math.max(1, this.o.teardownConcurrency ?? 8) }, worker));
       const edgeEnforced = await edge;
-      for (const r of sessions) r.edgeEnforced = edgeEnforced;
+      const sessions: KillResult[] = tornDown.map((r) => ({ ...r, edgeEnforced }));
       await Promise.all(revoked.map((r) => r.d.persisted));
       const totalMs = this.now() - t0;
       this.record(totalMs);
@@ -227,9 +227,9 @@ export class KillSwitch {
     return this.audited(this.event('session.revoke', 'update', { type: 'session', id: sessionId }, opts, sessionId), act, opts);
   }
 
-  /** The enforcers' confirmation (never throws); an unconfirmed edge is logged and counted. */
+  /** The enforcers' confirmation (Denylist.enforced never throws); an unconfirmed edge is logged and counted. */
   private async edgeEnforced(): Promise<boolean> {
-    const ok = await this.o.denylist.enforced().catch(() => false);
+    const ok = await this.o.denylist.enforced();
     if (!ok) {
       this.o.metrics.inc('operator_edge_unconfirmed_total');
       this.log.warn('the edge did not confirm the revocation in time: open tunnels are cut by teardown, new ones are refused');

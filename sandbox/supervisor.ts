@@ -26,6 +26,7 @@ import { baseSandboxEnv, EnvPolicy, proxyEnv, RESERVED_ENV } from './env.js';
 import { applyEdit, decodeFileContent, denied, encodeFileContent, PathRules } from './files.js';
 import { createSessionNetwork, Firewall, type CommandRunner, type SessionNetwork } from './network.js';
 import { forceRemoveContainer, isNotFound, listInstanceResources, removeNetwork, sweepOrphans, type SweepReport } from './orphans.js';
+import { setBounded } from '../common/bounded.js';
 
 /**
  * The sandbox supervisor: one gVisor (or, where admitted, runc) sandbox per session, created through
@@ -1003,8 +1004,7 @@ export class Supervisor implements SandboxService {
   }
 
   private remember(info: SessionInfo): void {
-    this.recent.set(info.sessionId, { ...info });
-    while (this.recent.size > 1000) this.recent.delete(this.recent.keys().next().value as string);
+    setBounded(this.recent, info.sessionId, { ...info }, 1000);
   }
 
   private emit(type: string, severity: PortcullisEvent['severity'], data: Record<string, unknown>, sessionId?: string): void {

@@ -8,6 +8,7 @@ import type { HTTPAccessLogEntry__Output } from '../envoy/generated/envoy/data/a
 import type { TCPAccessLogEntry__Output } from '../envoy/generated/envoy/data/accesslog/v3/TCPAccessLogEntry.js';
 import { envoyServices } from './grpc.js';
 import { SNI } from './translate/sni.js';
+import { setBounded } from '../common/bounded.js';
 
 /**
  * The access-log receiver (gRPC ALS): Envoy streams an entry per request and, for long CONNECT
@@ -194,8 +195,7 @@ export class AccessLogReceiver {
       else this.deps.metrics.inc('als_refused_tunnel_entries_total');
       return;
     }
-    if (this.verdicts.size >= MAX_VERDICTS) this.verdicts.delete(this.verdicts.keys().next().value!);
-    this.verdicts.set(tunnelStreamId, v);
+    setBounded(this.verdicts, tunnelStreamId, v, MAX_VERDICTS);
   }
 }
 

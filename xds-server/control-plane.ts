@@ -15,6 +15,7 @@ import type { RevocationReason, SessionAuthority, SessionDenialEntry } from './s
 import { bumpSecretNames, credentialSecretName } from './translate/bump.js';
 import { allowListPolicy, MintRefusedError, type Minter } from '../sds-minter/index.js';
 import { XDS } from '../envoy/api/type-urls.js';
+import { setBounded } from '../common/bounded.js';
 
 /** Distinct SNIs served on demand (wildcard bump rules) before new names are refused. */
 export const MAX_ON_DEMAND_LEAVES = 1024;
@@ -284,10 +285,9 @@ export class ControlPlane {
     this.lastIr = ir;
     this.lastSecrets = secrets;
     const seq = ++this.seq;
+    // (moved to the newest place; versions older than the last 256 publications are never waited on again)
     this.versionSeq.delete(snap.version);
-    this.versionSeq.set(snap.version, seq);
-    // versions older than the last 256 publications are never waited on again
-    if (this.versionSeq.size > 256) this.versionSeq.delete(this.versionSeq.keys().next().value!);
+    setBounded(this.versionSeq, snap.version, seq, 256);
     const key = JSON.stringify(denials);
     if (key !== this.denialsKey) {
       this.denialsKey = key;

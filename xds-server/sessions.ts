@@ -1,4 +1,5 @@
 import { createLocalJWKSet, jwtVerify, type JSONWebKeySet } from 'jose';
+import { setBounded } from '../common/bounded.js';
 
 /**
  * Session credentials at the egress edge. A sandbox's proxy URL carries its session token (a JWT
@@ -124,8 +125,7 @@ export class JwtSessions implements SessionAuthority {
       const revoked = this.revoked.get(sid);
       if (revoked) return { ok: false, reason: revoked.reason };
       if (payload.exp) this.extend(sid, payload.exp * 1000);
-      if (this.verified.size >= MAX_VERIFIED) this.verified.delete(this.verified.keys().next().value!);
-      this.verified.set(token, { sid, expMs: payload.exp ? payload.exp * 1000 : undefined });
+      setBounded(this.verified, token, { sid, expMs: payload.exp ? payload.exp * 1000 : undefined }, MAX_VERIFIED);
       return { ok: true, sessionId: sid };
     } catch (e) {
       const code = (e as { code?: string }).code;

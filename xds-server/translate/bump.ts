@@ -1,7 +1,7 @@
 import type { Ir, IrDestination } from '../../policy/ir.js';
 import { EXT, NEWER_THAN_PROTOS } from '../../envoy/api/type-urls.js';
 import { PortcullisError } from '../../common/errors.js';
-import { ADS_SOURCE, DENY_HEADER, denyRoute, grpcAccessLog, resolvedIpDeniedReply, routerFilter, typedStruct } from './common.js';
+import { ADS_SOURCE, denyReplyMapper, denyRoute, grpcAccessLog, resolvedIpDeniedReply, routerFilter, typedStruct } from './common.js';
 import { CEL_STRING_FEATURES, celBuilder } from './cel.js';
 import type { SessionDenialEntry } from '../sessions.js';
 import { dnsCacheConfig, type EgressOptions } from './egress.js';
@@ -394,7 +394,7 @@ export function hostIsSniCondition(): Record<string, unknown> {
   const cel = celBuilder();
   const host = () => cel.call('lowerAscii', [], cel.select(cel.ident('request'), 'host'));
   const authority = () => cel.filterStateLower(BUMP.authorityKey);
-  const sni = () => cel.call('lowerAscii', [], cel.select(cel.ident('connection'), 'requested_server_name'));
+  const sni = () => cel.sniLower();
   return cel.or(
     cel.and(cel.eq(host(), authority()), cel.call('startsWith', [cel.concat(sni(), cel.str(':'))], authority())),
     cel.and(cel.eq(host(), sni()), cel.eq(authority(), cel.concat(sni(), cel.str(':443')))),
@@ -419,23 +419,13 @@ function hostCheckFilter(): Record<string, unknown> {
 
 /** B's local replies: RBAC's refusal carries its reason like every other denial; then the deny-set reply. */
 function bumpLocalReply(): Record<string, unknown> {
-  const base = resolvedIpDeniedReply() as { mappers: unknown[] };
-  return {
-    mappers: [
-      {
-        filter: {
-          extension_filter: {
-            name: 'envoy.access_loggers.extension_filters.cel',
-            typed_config: { '@type': EXT.celAccessLogFilter, expression: "response.code_details.startsWith('rbac_access_denied')" },
-          },
-        },
-        status_code: 403,
-        headers_to_add: [{ header: { key: DENY_HEADER, value: 'sni_mismatch' }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' }],
-        body: { inline_string: 'sni_mismatch\n' },
-      },
-      ...base.mappers,
-    ],
+  const rbacRefused = {
+    extension_filter: {
+      name: 'envoy.access_loggers.extension_filters.cel',
+      typed_config: { '@type': EXT.celAccessLogFilter, expression: "response.code_details.startsWith('rbac_access_denied')" },
+    },
   };
+  return { mappers: [denyReplyMapper(rbacRefused, 'sni_mismatch'), ...resolvedIpDeniedReply().mappers] };
 }
 
 /**

@@ -21,6 +21,8 @@ export interface CelBuilder {
   concat(a: CelExpr, b: CelExpr): CelExpr;
   /** `lowerAscii(string(filter_state[key]))`: a string filter state object, lower-cased */
   filterStateLower(key: string): CelExpr;
+  /** `lowerAscii(connection.requested_server_name)`: the TLS SNI, lower-cased */
+  sniLower(): CelExpr;
 }
 
 /** A fresh builder (node ids restart at 1). */
@@ -37,6 +39,7 @@ export function celBuilder(): CelBuilder {
     or: (x, y) => b.call('_||_', [x, y]),
     concat: (x, y) => b.call('_+_', [x, y]),
     filterStateLower: (key) => b.call('lowerAscii', [], b.call('string', [b.call('_[_]', [b.ident('filter_state'), b.str(key)])])),
+    sniLower: () => b.call('lowerAscii', [], b.select(b.ident('connection'), 'requested_server_name')),
   };
   return b;
 }

@@ -83,15 +83,16 @@ export function grpcAccessLog(logName: string, cluster: string): Record<string, 
  * Local reply for a forward-proxy request whose name resolved only to deny-set addresses (the DNS
  * cache dropped every one of them, so Envoy reports a DNS failure, response flag DF).
  */
-export function resolvedIpDeniedReply(): Record<string, unknown> {
+export function resolvedIpDeniedReply(): { mappers: Record<string, unknown>[] } {
+  return { mappers: [denyReplyMapper({ response_flag_filter: { flags: ['DF'] } }, 'resolved_ip_denied')] };
+}
+
+/** A local-reply mapper: what `filter` matches is answered 403 with `reason`, as a deny route is. */
+export function denyReplyMapper(filter: Record<string, unknown>, reason: string): Record<string, unknown> {
   return {
-    mappers: [
-      {
-        filter: { response_flag_filter: { flags: ['DF'] } },
-        status_code: 403,
-        headers_to_add: [{ header: { key: DENY_HEADER, value: 'resolved_ip_denied' }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' }],
-        body: { inline_string: 'resolved_ip_denied\n' },
-      },
-    ],
+    filter,
+    status_code: 403,
+    headers_to_add: [{ header: { key: DENY_HEADER, value: reason }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' }],
+    body: { inline_string: `${reason}\n` },
   };
 }

@@ -120,7 +120,7 @@ export function sniConnectRoutes(tunnelTimeout: string): Array<Record<string, un
 export function sniIsAuthorityCondition(): Record<string, unknown> {
   const cel = celBuilder();
   const authority = () => cel.filterStateLower(SNI.authorityKey);
-  const sni = () => cel.call('lowerAscii', [], cel.select(cel.ident('connection'), 'requested_server_name'));
+  const sni = () => cel.sniLower();
   const startsWith = (suffix: string) => cel.call('startsWith', [cel.concat(sni(), cel.str(suffix))], authority());
   return cel.or(startsWith(':'), startsWith('.:'));
 }
