@@ -186,7 +186,8 @@ describe('MCP gateway wired into the operator plane (denylist enforcer + kill-al
     const ir = policyIr(RULES);
     const gw = await McpGateway.start({ sandbox, policy: () => ir, logger: silentLogger() });
     const url = `http://${gw.address}/mcp`;
-    const start = () =>
+    /** The operator plane on one data dir, with `g` as its MCP revoker and session source. */
+    const start = (g: McpGateway) =>
       startOperatorPlane({
         dataDir: path.join(t.dir, 'data'),
         logger: silentLogger(),
@@ -195,11 +196,11 @@ describe('MCP gateway wired into the operator plane (denylist enforcer + kill-al
         audit: new MemoryAudit(),
         ir,
         supervisor: sandbox,
-        revokers: [gw.revoker()],
-        sessionSources: [() => gw.liveSessions()],
+        revokers: [g.revoker()],
+        sessionSources: [() => g.liveSessions()],
         tripwire: { sweepEveryMs: 0 },
       });
-    let plane = await start();
+    let plane = await start(gw);
     const clients = await Promise.all(['u1', 'u2', 'u3'].map((c) => connect(url, c)));
     try {
       const [one, two, three] = clients;
@@ -221,17 +222,7 @@ describe('MCP gateway wired into the operator plane (denylist enforcer + kill-al
       // a restarted operator plane re-applies its denylist to the gateway
       await plane.close();
       const gw2 = await McpGateway.start({ sandbox, policy: () => ir, logger: silentLogger() });
-      plane = await startOperatorPlane({
-        dataDir: path.join(t.dir, 'data'),
-        logger: silentLogger(),
-        events: new EventBus(),
-        metrics: new Metrics(),
-        audit: new MemoryAudit(),
-        ir,
-        supervisor: sandbox,
-        revokers: [gw2.revoker()],
-        tripwire: { sweepEveryMs: 0 },
-      });
+      plane = await start(gw2);
       expect(gw2.isRevoked(sid1)).toBe(true);
       await gw2.close();
     } finally {
