@@ -10,7 +10,11 @@ import { PortcullisError } from '../common/errors.js';
  * overlap window so tokens it signed stay valid until they expire.
  *
  * The token is the only credential a sandbox holds; it proves session identity to the egress edge
- * (ext_authz in the control plane verifies it with `verify` or with the JWKS).
+ * (Envoy's jwt_authn verifies it with the ring's JWKS, pushed over xDS; `verify` checks the same).
+ *
+ * Because the edge verifies with the JWKS it last received, a key is published before anything is
+ * signed with it: the ring always holds a staged "next" key, in the JWKS but never signing, which the
+ * following rotation promotes. `onChange` tells the publisher whenever the JWKS changes.
  */
 
 export const SESSION_TOKEN_ISSUER = 'portcullis-supervisor';
@@ -36,6 +40,8 @@ interface SigningKey {
   publicKey: KeyObject;
   publicJwk: JWK;
   createdAt: number;
+  /** When it became the signing key (unset while staged as next). */
+  activatedAt?: number;
   /** Set when a newer key took over: verification stops at retiredAt + overlap. */
   retiredAt?: number;
 }
@@ -47,9 +53,24 @@ export interface KeyRingOptions {
   events?: EventSink;
 }
 
+/** The auto-rotation timer wakes at least this often, and at most this often when a deadline passed. */
+const MAX_TICK_MS = 3_600_000;
+const MIN_TICK_MS = 1_000;
+
+/**
+ * Signing keys: retired keys (still verifying for `overlapMs`), the current (signing) key, and a staged
+ * next key. The JWKS holds all of them, oldest first, next last, so the key a rotation promotes has been
+ * published for a whole rotation period before it signs anything.
+ */
 export class SigningKeyRing {
+  /** retired keys within their overlap, oldest first, then the current key (last) */
   private readonly keys: SigningKey[] = [];
+  /** published, never signs; the next rotation makes it current */
+  private next: SigningKey | undefined;
+  private readonly listeners = new Set<() => void>();
   private timer: NodeJS.Timeout | undefined;
+  private autoRotating = false;
+  private scheduledRotation: Promise<unknown> | undefined;
   private readonly now: () => number;
 
   private constructor(private readonly opts: KeyRingOptions) {
@@ -63,71 +84,160 @@ export class SigningKeyRing {
     return ring;
   }
 
+  /** The signing key (never the staged next key). */
   current(): { kid: string; privateKey: KeyObject } {
     const k = this.keys.at(-1);
     if (!k) throw new PortcullisError('credential_unavailable', 'no signing key');
     return { kid: k.kid, privateKey: k.privateKey };
   }
 
-  /** A new current key; the previous one verifies for `overlapMs` more. */
+  /** The staged key the next rotation promotes: published in the JWKS, not signing yet. */
+  nextKid(): string {
+    if (!this.next) throw new PortcullisError('credential_unavailable', 'no signing key');
+    return this.next.kid;
+  }
+
+  /**
+   * Promotes the staged next key (published since the previous rotation) to current, retires the
+   * previous current (it verifies for `overlapMs` more) and stages a fresh next key. The first call
+   * (from `create`) makes both a current and a next key. Returns the new current kid.
+   */
   async rotate(reason = 'scheduled'): Promise<string> {
-    const { privateKey, publicKey } = generateKeyPairSync('ed25519');
-    const jwk = await exportJWK(publicKey);
-    const kid = await calculateJwkThumbprint(jwk, 'sha256');
+    const fresh = await this.generate();
+    const spare = this.next ? undefined : await this.generate();
+    // From here on synchronous: concurrent rotations each apply whole.
+    const promoted = this.next ?? spare!;
     const now = this.now();
     const prev = this.keys.at(-1);
     if (prev) prev.retiredAt = now;
-    this.keys.push({ kid, privateKey, publicKey, publicJwk: { ...jwk, kid, alg: ALG, use: 'sig' }, createdAt: now });
+    promoted.activatedAt = now;
+    this.keys.push(promoted);
+    this.next = fresh;
     this.prune();
     this.opts.events?.emit({
       type: 'session.signing_key_rotated',
       severity: 'info',
       source: 'supervisor',
-      data: { kid, previousKid: prev?.kid ?? null, reason },
+      data: { kid: promoted.kid, previousKid: prev?.kid ?? null, nextKid: fresh.kid, reason },
     });
-    return kid;
+    this.notify();
+    this.schedule();
+    return promoted.kid;
   }
 
-  /** The public key for `kid` if it may still verify. */
+  /**
+   * The public key for `kid` if it may verify: a key of `jwks()` (retired within the overlap, current,
+   * or the staged next key — nothing is signed with the latter, and the edge accepts it too).
+   */
   verificationKey(kid: string): KeyObject | undefined {
-    this.prune();
-    return this.keys.find((k) => k.kid === kid)?.publicKey;
+    this.pruneAndNotify();
+    return this.published().find((k) => k.kid === kid)?.publicKey;
   }
 
-  /** Public keys that verify now (current + retired within the overlap), as a JWKS. */
+  /** Public keys that verify now (retired within the overlap, current, staged next), as a JWKS. */
   jwks(): { keys: JWK[] } {
-    this.prune();
-    return { keys: this.keys.map((k) => ({ ...k.publicJwk })) };
+    this.pruneAndNotify();
+    return { keys: this.published().map((k) => ({ ...k.publicJwk })) };
   }
 
+  /** The kids of `jwks()`, in its order: retired, current, then the staged next key (last). */
   kids(): string[] {
-    this.prune();
-    return this.keys.map((k) => k.kid);
+    this.pruneAndNotify();
+    return this.published().map((k) => k.kid);
   }
 
-  startAutoRotation(): void {
-    if (this.timer) return;
-    const tick = (): void => {
-      const cur = this.keys.at(-1);
-      if (cur && this.now() - cur.createdAt >= this.opts.rotateEveryMs) void this.rotate('scheduled');
-      this.prune();
+  /**
+   * Calls `listener` whenever the set of keys in `jwks()` changes: at each rotation, and when a retired
+   * key leaves after its overlap (noticed by the auto-rotation timer, or lazily by jwks() and co.).
+   * Listeners run synchronously, possibly from inside jwks()/verificationKey()/kids(): they should
+   * schedule work, not block. Their exceptions are swallowed. Returns the unsubscribe function.
+   */
+  onChange(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => {
+      this.listeners.delete(listener);
     };
-    // Check often enough to rotate on time without depending on one long timer.
-    this.timer = setInterval(tick, Math.min(this.opts.rotateEveryMs, 3_600_000));
-    this.timer.unref();
+  }
+
+  /**
+   * Rotates when the current key has signed for `rotateEveryMs` and drops retired keys when their
+   * overlap ends, on a timer woken by the nearest of these deadlines (at least hourly).
+   */
+  startAutoRotation(): void {
+    if (this.autoRotating) return;
+    this.autoRotating = true;
+    this.schedule();
   }
 
   stop(): void {
-    if (this.timer) clearInterval(this.timer);
+    this.autoRotating = false;
+    if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
   }
 
-  private prune(): void {
+  private tick(): void {
+    this.timer = undefined;
+    if (!this.autoRotating) return;
+    const cur = this.keys.at(-1);
+    if (cur && !this.scheduledRotation && this.now() - (cur.activatedAt ?? cur.createdAt) >= this.opts.rotateEveryMs) {
+      this.scheduledRotation = this.rotate('scheduled').finally(() => {
+        this.scheduledRotation = undefined;
+      });
+    }
+    this.pruneAndNotify();
+    this.schedule();
+  }
+
+  /** (Re)arms the timer for the nearest deadline: rotation due, or a retired key's overlap ending. */
+  private schedule(): void {
+    if (!this.autoRotating) return;
+    if (this.timer) clearTimeout(this.timer);
     const now = this.now();
+    let at = now + MAX_TICK_MS;
+    const cur = this.keys.at(-1);
+    if (cur) at = Math.min(at, (cur.activatedAt ?? cur.createdAt) + this.opts.rotateEveryMs);
+    for (const k of this.keys) if (k.retiredAt !== undefined) at = Math.min(at, k.retiredAt + this.opts.overlapMs + 1);
+    this.timer = setTimeout(() => this.tick(), Math.min(MAX_TICK_MS, Math.max(MIN_TICK_MS, at - now)));
+    this.timer.unref();
+  }
+
+  private published(): SigningKey[] {
+    return this.next ? [...this.keys, this.next] : [...this.keys];
+  }
+
+  private async generate(): Promise<SigningKey> {
+    const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+    const jwk = await exportJWK(publicKey);
+    const kid = await calculateJwkThumbprint(jwk, 'sha256');
+    return { kid, privateKey, publicKey, publicJwk: { ...jwk, kid, alg: ALG, use: 'sig' }, createdAt: this.now() };
+  }
+
+  private notify(): void {
+    for (const l of [...this.listeners]) {
+      try {
+        l();
+      } catch {
+        // a listener's failure is its own; the ring and the other listeners carry on
+      }
+    }
+  }
+
+  private pruneAndNotify(): void {
+    if (this.prune()) this.notify();
+  }
+
+  /** Drops retired keys past their overlap; true when one went. The current key always stays. */
+  private prune(): boolean {
+    const now = this.now();
+    let dropped = false;
     for (let i = this.keys.length - 2; i >= 0; i--) {
       const k = this.keys[i]!;
-      if (k.retiredAt !== undefined && now - k.retiredAt > this.opts.overlapMs) this.keys.splice(i, 1);
+      if (k.retiredAt !== undefined && now - k.retiredAt > this.opts.overlapMs) {
+        this.keys.splice(i, 1);
+        dropped = true;
+      }
     }
+    return dropped;
   }
 }
 

@@ -450,10 +450,22 @@ export class Supervisor implements SandboxService {
   // -------------------------------------------------------------------------------------------
   // credentials
 
-  /** Public keys verifying session credentials now (for the egress edge's ext_authz). */
+  /**
+   * Public keys verifying session credentials now, for the egress edge (Envoy's jwt_authn): retired
+   * keys within their overlap, the signing key, and the staged next key (published before it signs).
+   */
   jwks(): { keys: Record<string, unknown>[] } {
     if (!this.ring) throw perr('credential_unavailable', 'supervisor not started');
     return this.ring.jwks() as { keys: Record<string, unknown>[] };
+  }
+
+  /**
+   * The JWKS changed (a rotation or a retired key dropped): the egress edge publishes it again.
+   * Delegates to the signing key ring of this start(); returns the unsubscribe function.
+   */
+  onKeysChange(listener: () => void): () => void {
+    if (!this.ring) throw perr('credential_unavailable', 'supervisor not started');
+    return this.ring.onChange(listener);
   }
 
   /** Verifies a presented session credential (signature, expiry, revocation, binding). */

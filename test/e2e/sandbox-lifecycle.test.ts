@@ -218,7 +218,11 @@ describe.skipIf(!gate.ok || !image)('sandbox lifecycle (real Docker + runsc)', (
     await sup.rotateCredential(s.sessionId);
     expect(sup.credentialInfo(s.sessionId)!.kid).toBe(newKid);
     expect(await errorCode(sup.verifyCredential(t2))).toBe('ok');
-    expect(sup.jwks().keys.map((k) => k.kid)).toEqual([oldKid, newKid]);
+    // the retired key (in its overlap), the signing key, and the next one, published ahead of use
+    const kids = sup.jwks().keys.map((k) => k.kid);
+    expect(kids.slice(0, 2)).toEqual([oldKid, newKid]);
+    expect(kids).toHaveLength(3);
+    expect(kids[2]).not.toBe(newKid);
     await sup.destroySession(s.sessionId, 'test_done');
   });
 
