@@ -22,6 +22,7 @@ import { JwtSessions } from '../xds-server/sessions.js';
 import { startOperatorPlane, type OperatorPlane } from '../operator/index.js';
 import { BUNDLE_FILE } from '../sds-minter/ca.js';
 import { Supervisor } from '../sandbox/supervisor.js';
+import { SESSION_TOKEN_ISSUER } from '../sandbox/credentials.js';
 import { McpGateway } from '../mcp/gateway.js';
 import { issueToken, loadOrCreateTokenKey, localJwks, MAX_TOKEN_TTL_SECONDS } from '../mcp/token.js';
 import { IngressAuthz } from '../xds-server/authz.js';
@@ -197,10 +198,11 @@ export async function runUp(argv: string[], io: CliIo, opts: { signal?: AbortSig
     const swept = sweep.orphans.containers.length + sweep.orphans.networks.length;
     progress.done(swept ? `ok (cleaned ${swept} leftovers of an earlier run)` : 'ok');
 
-    progress.step('starting the control plane (xDS, SDS, ext_authz, access logs) and the MCP gateway');
+    progress.step('starting the control plane (xDS, SDS, ext_authz for MCP, access logs) and the MCP gateway');
     const sup = supervisor;
-    // session credentials are the supervisor's: a tunnel without a valid, unrevoked one is refused
-    const sessions = new JwtSessions({ jwks: () => sup.jwks() });
+    // session credentials are the supervisor's: Envoy refuses a tunnel without a valid, unrevoked one,
+    // with the supervisor's public keys (published again whenever they change)
+    const sessions = new JwtSessions({ jwks: () => sup.jwks(), onKeysChange: (l) => sup.onKeysChange(l), issuer: SESSION_TOKEN_ISSUER });
     const originSecret = randomBytes(32).toString('base64url');
     cp = new ControlPlane({
       logger,

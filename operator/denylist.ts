@@ -6,9 +6,9 @@ import { Journal } from './journal.js';
 
 /**
  * The session denylist. Adding a session revokes it at every enforcer at once (synchronously,
- * before anything else happens): the egress edge (`JwtSessions`: Envoy's ext_authz refuses the
- * session's next tunnel; the control plane publishes the deny route that refuses its next request
- * inside a bumped tunnel, and `enforced()` confirms Envoy holds it), the supervisor's credential
+ * before anything else happens): the egress edge (`JwtSessions`: the control plane publishes the
+ * RBAC policy that refuses the session's next tunnel and the deny route that refuses its next request
+ * inside a bumped tunnel, and `enforced()` confirms Envoy holds them), the supervisor's credential
  * issuer, and whoever else registered. The list is persisted (`operator-denylist.jsonl` in the
  * data dir) and re-applied on start, so a restart does not re-open a killed session.
  */

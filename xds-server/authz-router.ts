@@ -7,7 +7,7 @@ import type { CheckResponse } from '../envoy/generated/envoy/service/auth/v3/Che
 /**
  * One `envoy.service.auth.v3.Authorization` service on the control plane's gRPC server, shared by
  * every listener that asks: the route's `context_extensions.lane` says which decision applies
- * (`egress-tunnel`, `mcp`). A request naming no lane goes to the default lane; an
+ * (`mcp`). A request naming no lane goes to the default lane; an
  * unknown lane is denied (failure closed).
  */
 

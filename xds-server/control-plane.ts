@@ -10,7 +10,6 @@ import { translate, type TranslateOptions } from './translate/index.js';
 import { AccessLogReceiver } from './als.js';
 import fs from 'node:fs';
 import { AuthzRouter } from './authz-router.js';
-import { registerEgressAuthz } from './egress-authz.js';
 import type { RevocationReason, SessionAuthority, SessionDenialEntry } from './sessions.js';
 import { bumpSecretNames, credentialSecretName } from './translate/bump.js';
 import { allowListPolicy, MintRefusedError, type Minter } from '../sds-minter/index.js';
@@ -37,7 +36,7 @@ export interface ControlPlaneOptions {
   nodeKey: string;
   translate: TranslateOptions;
   holdOffMs?: number;
-  /** clusters that live in Envoy's bootstrap (ext_authz, ALS) */
+  /** clusters that live in Envoy's bootstrap (xDS, ext_authz, ALS) */
   staticClusters?: readonly string[];
   /** needed for the bump / external-sds rungs: session checks and the per-SNI leaves */
   bump?: { sessions: SessionAuthority; minter: Minter };
@@ -79,10 +78,10 @@ export class ControlPlane {
     this.als.register(this.server);
     // One ext_authz service for every listener; lanes are added by the parts that need them.
     this.authz = new AuthzRouter(o.logger);
-    if (o.bump) registerEgressAuthz(this.authz, { sessions: o.bump.sessions, metrics: this.metrics, events: this.events });
     this.authz.register(this.server);
     if (o.bump) this.server.cache.onMissing((key, typeUrl, names) => this.onMissingSecrets(key, typeUrl, names));
-    // a revoked or expired session is refused inside open bumped tunnels by routes: publish them again
+    // a revoked session is refused by Envoy at its next tunnel and its next request inside an open
+    // bumped tunnel, from what we publish: publish again on every revocation (and new signer keys)
     this.unsubscribe = o.bump?.sessions.onChange?.(() => this.sessionsChanged());
     this.server.cache.onAck((a) => {
       if (a.key !== this.o.nodeKey || a.typeUrl !== XDS.route) return;
@@ -102,9 +101,9 @@ export class ControlPlane {
   private readonly ackWaiters = new Set<() => void>();
 
   /**
-   * The egress edge as one revoker (for the operator's denylist): the session authority refuses the
-   * session's next tunnel at once, the published deny routes its next request inside an open bumped
-   * tunnel, and `enforced()` confirms every Envoy holds those routes.
+   * The egress edge as one revoker (for the operator's denylist): the session authority records the
+   * revocation, the published routes refuse the session's next tunnel and its next request inside an
+   * open bumped tunnel, and `enforced()` confirms every Envoy holds those routes.
    */
   edgeRevoker(): { revoke(sessionId: string, reason?: RevocationReason): void; enforced(): Promise<boolean> } {
     const sessions = this.o.bump?.sessions;
@@ -165,8 +164,9 @@ export class ControlPlane {
       this.metrics.inc('session_denials_published_total');
       return snap;
     } catch (e) {
-      // the last good snapshot stays live: open tunnels of the session are still cut by the
-      // supervisor's firewall and refused at their next CONNECT, but not inside a tunnel
+      // the last good snapshot stays live (the same policy and secrets with one more denial cannot
+      // fail to translate unless something is badly wrong): the kill switch's teardown still cuts the
+      // session's sandbox, and `enforced()` reports the edge unconfirmed
       this.metrics.inc('session_denials_publish_failed_total');
       this.log.error({ err: (e as Error).message }, 'session denials could not be published');
       return undefined;
@@ -276,7 +276,7 @@ export class ControlPlane {
     let snap: Snapshot;
     const denials = this.denials();
     try {
-      const t = translate(ir, { ...this.o.translate, secrets, sessionDenials: denials });
+      const t = translate(ir, { ...this.o.translate, secrets, sessionDenials: denials, ...(this.o.bump ? { sessionVerifier: this.o.bump.sessions.verifier() } : {}) });
       snap = buildSnapshot(t.input, { staticClusters: [...t.staticClusters, ...(this.o.staticClusters ?? [])] });
     } catch (e) {
       throw this.refused(e);

@@ -4,6 +4,7 @@ import { buildSnapshot } from './snapshot.js';
 import { translate, type TranslateOptions } from './translate/index.js';
 import { bumpSecretNames, leafSecretName } from './translate/bump.js';
 import { XDS_CLUSTER_NAME } from '../envoy/bootstrap.js';
+import { SESSION_AUDIENCE } from './sessions.js';
 
 /**
  * `portcullis policy render`: the Envoy resources a policy compiles to, exactly as they would be
@@ -16,6 +17,8 @@ export const DEFAULT_RENDER_OPTIONS: TranslateOptions = {
     accessLogCluster: XDS_CLUSTER_NAME,
     bump: { controlPlaneCluster: XDS_CLUSTER_NAME },
   },
+  // the session signer's public keys exist only at run time (the supervisor makes them): rendered empty
+  sessionVerifier: { jwks: { keys: [] }, audience: SESSION_AUDIENCE },
 };
 
 export const REDACTED = '[redacted]';

@@ -45,6 +45,7 @@ export const EXT = {
   extAuthz: `${P}envoy.extensions.filters.http.ext_authz.v3.ExtAuthz`,
   extAuthzPerRoute: `${P}envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute`,
   jwtAuthn: `${P}envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication`,
+  jwtAuthnPerRoute: `${P}envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig`,
   localRateLimit: `${P}envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit`,
   buffer: `${P}envoy.extensions.filters.http.buffer.v3.Buffer`,
   bufferPerRoute: `${P}envoy.extensions.filters.http.buffer.v3.BufferPerRoute`,

@@ -104,6 +104,8 @@ describe.skipIf(!gate.ok)('operator plane through a real Envoy', () => {
           expect(tunnel.connect).toMatch(/ 200 /);
           const ok = await tunnel.get(`/before-${i}`, 'Bearer guest');
           expect(ok.status).toBe(200);
+          // (the upstream reports on its stdout, which can arrive after the response under the flood)
+          await s.up.waitFor((e) => e.event === 'request' && e.url === `/before-${i}`, 5_000);
           const injected = s.up.requests().filter((r) => r.url === `/before-${i}`);
           expect(injected.map((r) => r.headers.authorization)).toEqual(['Bearer s3cret-v1']);
           const seen = s.up.requests().length;

@@ -156,6 +156,8 @@ describe.skipIf(!gate.ok)('kill switch with the real supervisor (gVisor), throug
           expect(tunnel.connect).toMatch(/ 200 /);
           const ok = await tunnel.get(`/real-before-${i}`, 'Bearer guest');
           expect(ok.status).toBe(200);
+          // (the upstream reports on its stdout, which can arrive after the response under load)
+          await s.up.waitFor((e) => e.event === 'request' && e.url === `/real-before-${i}`, 5_000);
           expect(s.up.requests().filter((r) => r.url === `/real-before-${i}`).map((r) => r.headers.authorization)).toEqual(['Bearer s3cret-v1']);
 
           const t0 = performance.now();

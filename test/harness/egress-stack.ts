@@ -7,9 +7,9 @@ import { XDS } from '../../envoy/api/type-urls.js';
 import { silentLogger } from '../../common/logger.js';
 
 /**
- * The egress path as the e2e tests drive it: a control plane (xDS, SDS, ext_authz and access logs on
+ * The egress path as the e2e tests drive it: a control plane (xDS, SDS and access logs on
  * one gRPC server) publishing `ir`, and a real Envoy that has applied it (listeners acknowledged).
- * Network events (Envoy's access logs, ext_authz denials) go to `onNetworkEvent` when given.
+ * Network events (Envoy's access logs) go to `onNetworkEvent` when given.
  */
 export interface EgressStack {
   cp: ControlPlane;

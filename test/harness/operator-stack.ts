@@ -34,7 +34,7 @@ import { startReceiver, type TestReceiver } from '../../operator/testkit.js';
 
 /**
  * The operator plane wired as `portcullis up` will wire it, around a real Envoy: control plane with
- * sessions required at every rung (ext_authz on transparent tunnels too), deployment CA (minter),
+ * sessions required at every rung (on transparent tunnels too), deployment CA (minter),
  * a real audit log, the in-memory SandboxService standing in for the supervisor (or, with
  * `realSupervisor`, the real one: Docker + gVisor, its session keys verifying the egress tokens),
  * the MCP gateway (on loopback; it trusts the caller header, as behind Envoy's ingress) registered

@@ -4,15 +4,16 @@ import { PortcullisError } from '../../common/errors.js';
 import { ADS_SOURCE, denyReplyMapper, denyRoute, grpcAccessLog, resolvedIpDeniedReply, routerFilter, typedStruct } from './common.js';
 import { CEL_STRING_FEATURES, celBuilder } from './cel.js';
 import type { SessionDenialEntry } from '../sessions.js';
+import { SESSION_CHECK, SESSION_EXPIRY_FILTER, sessionExpiryFilter, sessionRequirement } from './session-check.js';
 import { dnsCacheConfig, type EgressOptions } from './egress.js';
 
 /**
  * The `bump` and `external-sds` rungs.
  *
- * Listener A (the egress listener) terminates the guest's CONNECT for a bump destination after the
- * control plane's ext_authz accepted the tunnel's session credential, records the session and the
- * CONNECT authority in filter state shared with the upstream connection, and routes the tunnel to
- * the internal listener B (`egress_bump`).
+ * Listener A (the egress listener) terminates the guest's CONNECT for a bump destination after its
+ * session check accepted the tunnel's session token (session-check.ts), records the session, the
+ * token's expiry and the CONNECT authority in filter state shared with the upstream connection, and
+ * routes the tunnel to the internal listener B (`egress_bump`).
  *
  * B terminates the guest's TLS with a leaf for the SNI (minted by sds-minter, served over SDS as
  * `leaf:<host>` for an exact host; for a wildcard rule Envoy's on-demand certificate selector asks
@@ -22,10 +23,12 @@ import { dnsCacheConfig, type EgressOptions } from './egress.js';
  * request path:
  *  - an RBAC condition (CEL): the Host must be the SNI, which must be the CONNECT authority's host,
  *    on the authority's port (`sni_mismatch`);
- *  - the chain's routes (RDS `bump:<host>`) refuse a session the control plane has revoked or seen
- *    expire (`session_revoked`, `exfil_budget_exceeded`, `session_expired`): a deny route per
- *    session, matched on the session A recorded, published again whenever that list changes, so a
- *    revoked session is cut at its next request once Envoy has the routes (no listener drains);
+ *  - an RBAC DENY condition (CEL): the token that opened the tunnel has expired, by Envoy's clock
+ *    (`session_expired`);
+ *  - the chain's routes (RDS `bump:<host>`) refuse a session the control plane has revoked
+ *    (`session_revoked`, `exfil_budget_exceeded`): a deny route per session, matched on the session
+ *    A recorded, published again whenever that list changes, so a revoked session is cut at its next
+ *    request once Envoy has the routes (no listener drains);
  *  - a tunnel without a recorded session gets `session_credential_missing`.
  * Then it forwards through a per-destination dynamic forward proxy cluster that re-originates TLS
  * with strict validation (auto SNI + SAN check against the policy's trust) and injects the
@@ -48,7 +51,7 @@ export const BUMP = {
 export const SYSTEM_TRUST_BUNDLE = '/etc/ssl/certs/ca-certificates.crt';
 
 export interface BumpOptions {
-  /** cluster of the control plane's gRPC server (ext_authz, ALS) */
+  /** cluster of the control plane's gRPC server (a bootstrap static cluster: ALS, SDS) */
   controlPlaneCluster: string;
   /** SDS name of the leaf for a bump host (`leaf:<host>`); the control plane puts it in the snapshot */
   leafSecretName?: (host: string) => string;
@@ -80,30 +83,7 @@ export function onDemandCertificate(): Record<string, unknown> {
 export const credentialSecretName = (name: string): string => `cred:${name}`;
 export const bumpClusterName = (host: string): string => `bump:${host}`;
 
-/** The per-route ext_authz settings: which lane the control plane answers for. */
-export function authzLane(lane: 'egress-tunnel'): Record<string, unknown> {
-  return {
-    'envoy.filters.http.ext_authz': { '@type': EXT.extAuthzPerRoute, check_settings: { context_extensions: { lane } } },
-  };
-}
-
-export function extAuthzFilter(cluster: string, opts: { disabled?: boolean } = {}): Record<string, unknown> {
-  return {
-    name: 'envoy.filters.http.ext_authz',
-    ...(opts.disabled ? { disabled: true } : {}),
-    typed_config: {
-      '@type': EXT.extAuthz,
-      grpc_service: { envoy_grpc: { cluster_name: cluster }, timeout: '0.5s' },
-      transport_api_version: 'V3',
-      failure_mode_allow: false,
-      status_on_error: { code: 'Forbidden' },
-      include_peer_certificate: false,
-      include_tls_session: true,
-    },
-  };
-}
-
-/** A's filter that records the session (from ext_authz) and the CONNECT authority for B. */
+/** A's filter that records the session and its token's expiry (from the session check) and the CONNECT authority for B. */
 export function tunnelFilterState(): Record<string, unknown> {
   const value = (key: string, fmt: string) => ({
     object_key: key,
@@ -117,17 +97,21 @@ export function tunnelFilterState(): Record<string, unknown> {
     name: 'envoy.filters.http.set_filter_state',
     typed_config: {
       '@type': EXT.setFilterState,
-      on_request_headers: [value(BUMP.sessionKey, `%REQ(${BUMP.sessionHeader})%`), value(BUMP.authorityKey, '%REQ(:authority)%')],
+      on_request_headers: [
+        value(BUMP.sessionKey, `%REQ(${BUMP.sessionHeader})%`),
+        value(SESSION_CHECK.expKey, `%REQ(${SESSION_CHECK.expHeader})%`),
+        value(BUMP.authorityKey, '%REQ(:authority)%'),
+      ],
     },
   };
 }
 
-/** A's virtual host for a bump destination: CONNECT (tunnel authorized by ext_authz) into B. */
+/** A's virtual host for a bump destination: CONNECT (the tunnel's session checked) into B. */
 export function bumpVirtualHost(host: string, domains: string[], o: EgressOptions): Record<string, unknown> {
   return {
     name: `dest:${host}:bump`,
     domains,
-    typed_per_filter_config: authzLane('egress-tunnel'),
+    typed_per_filter_config: sessionRequirement(true),
     routes: [
       {
         match: { connect_matcher: {} },
@@ -205,6 +189,7 @@ export function bumpResources(ir: Ir, o: EgressOptions, b: BumpOptions, denials:
                   },
                 },
               },
+              sessionExpiryFilter(),
               hostCheckFilter(),
               { name: 'envoy.filters.http.dynamic_forward_proxy', typed_config: { '@type': EXT.httpDfp, dns_cache_config: cache } },
               routerFilter(),
@@ -349,8 +334,11 @@ function bumpDomains(host: string, ds: readonly IrDestination[]): string[] {
   return [host, ...ports.map((p) => `${host}:${p}`)];
 }
 
-/** RBAC off (a route that answers by itself, before B's per-request host check). */
-const RBAC_OFF = { 'envoy.filters.http.rbac': { '@type': EXT.httpRbacPerRoute } };
+/** RBAC off (a route that answers by itself, before B's per-request expiry and host checks). */
+const RBAC_OFF = {
+  'envoy.filters.http.rbac': { '@type': EXT.httpRbacPerRoute },
+  [SESSION_EXPIRY_FILTER]: { '@type': EXT.httpRbacPerRoute },
+};
 
 /**
  * B's routes for one bump host (RDS, so a change never drains the tunnels): first a deny route per
@@ -425,7 +413,13 @@ function bumpLocalReply(): Record<string, unknown> {
       typed_config: { '@type': EXT.celAccessLogFilter, expression: "response.code_details.startsWith('rbac_access_denied')" },
     },
   };
-  return { mappers: [denyReplyMapper(rbacRefused, 'sni_mismatch'), ...resolvedIpDeniedReply().mappers] };
+  const expired = {
+    extension_filter: {
+      name: 'envoy.access_loggers.extension_filters.cel',
+      typed_config: { '@type': EXT.celAccessLogFilter, expression: "response.code_details == 'rbac_access_denied_matched_policy[session_expired]'" },
+    },
+  };
+  return { mappers: [denyReplyMapper(expired, 'session_expired'), denyReplyMapper(rbacRefused, 'sni_mismatch'), ...resolvedIpDeniedReply().mappers] };
 }
 
 /**

@@ -11,6 +11,7 @@ export type CelExpr = Record<string, unknown>;
 export interface CelBuilder {
   ident(name: string): CelExpr;
   str(s: string): CelExpr;
+  int(n: number): CelExpr;
   select(operand: CelExpr, field: string): CelExpr;
   call(fn: string, args: CelExpr[], target?: CelExpr): CelExpr;
   /** `a == b` */
@@ -32,6 +33,7 @@ export function celBuilder(): CelBuilder {
   const b: CelBuilder = {
     ident: (name) => ({ id: next(), ident_expr: { name } }),
     str: (s) => ({ id: next(), const_expr: { string_value: s } }),
+    int: (n) => ({ id: next(), const_expr: { int64_value: String(n) } }),
     select: (operand, field) => ({ id: next(), select_expr: { operand, field } }),
     call: (fn, args, target) => ({ id: next(), call_expr: { ...(target ? { target } : {}), function: fn, args } }),
     eq: (x, y) => b.call('_==_', [x, y]),

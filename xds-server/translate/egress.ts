@@ -1,5 +1,8 @@
 import type { Ir, IrDestination } from '../../policy/ir.js';
-import { authzLane, BUMP, bumpVirtualHost, extAuthzFilter, tunnelFilterState, type BumpOptions } from './bump.js';
+import { BUMP, bumpVirtualHost, tunnelFilterState, type BumpOptions } from './bump.js';
+import { SESSION_CHECK, sessionCheckFilters, sessionReplyMappers, sessionRequirement, sessionRouteTableConfig, type SessionVerifier } from './session-check.js';
+import type { SessionDenialEntry } from '../sessions.js';
+import { PortcullisError } from '../../common/errors.js';
 import { EXT } from '../../envoy/api/type-urls.js';
 import { parseCidr } from '../../policy/ip.js';
 import { sniConnectRoutes, sniHopFilter, sniResources } from './sni.js';
@@ -29,7 +32,9 @@ import {
  *    denied addresses never gets a connection, reason `resolved_ip_denied`;
  *  - on the egress lane, a CONNECT to a *name* at the transparent rung is tunnelled through an
  *    internal listener that refuses the tunnel unless its TLS ClientHello names that host as SNI
- *    (`sni_mismatch`, sni.ts); IP literals and the storage lane keep the direct path.
+ *    (`sni_mismatch`, sni.ts); IP literals and the storage lane keep the direct path;
+ *  - a tunnel to a bump / external-sds destination (and with `sessionsRequired`, to any destination)
+ *    must present a valid, unrevoked session token, checked by Envoy itself (session-check.ts).
  */
 
 export const EGRESS = {
@@ -50,12 +55,11 @@ export interface EgressOptions {
   dnsRefreshSeconds?: number;
   /** static cluster of the control plane's gRPC server: access logs (ALS) go there when set */
   accessLogCluster?: string;
-  /** the bump / external-sds rungs need the control plane's ext_authz (the session check of every tunnel) */
+  /** the bump / external-sds rungs (TLS termination, leaves over SDS, credential injection) */
   bump?: BumpOptions;
   /**
-   * Every tunnel must present a valid session (ext_authz on transparent destinations too), so a
-   * revoked or tripped session is refused at its next connection at every rung. Needs `bump`
-   * (which names the control plane's cluster).
+   * Every tunnel must present a valid session (on transparent destinations too), so a revoked or
+   * tripped session is refused at its next connection at every rung. Needs `bump`.
    */
   sessionsRequired?: boolean;
   /**
@@ -132,9 +136,22 @@ interface ProxyLane {
 }
 
 /** An explicit forward proxy: listener + route table + dynamic forward proxy cluster. */
-export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyDestination[], o: EgressOptions) {
+/**
+ * Runtime state of the session check (supplied by the control plane): the signer's keys, needed
+ * whenever a tunnel needs a session, and the revoked sessions.
+ */
+export interface SessionState {
+  verifier?: SessionVerifier;
+  denials?: readonly SessionDenialEntry[];
+}
+
+export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyDestination[], o: EgressOptions, session: SessionState = {}) {
   const cache = dnsCacheConfig(lane.dnsCache, ir.denySet, o.dnsResolvers, o.dnsRefreshSeconds);
-  const withBump = !!o.bump && (!!o.sessionsRequired || dests.some((d) => d.rung === 'bump' || d.rung === 'external-sds'));
+  const withSessions = !!o.bump && (!!o.sessionsRequired || dests.some((d) => d.rung === 'bump' || d.rung === 'external-sds'));
+  const verifier = session.verifier;
+  if (withSessions && !verifier) {
+    throw new PortcullisError('resource_invalid', `${lane.listener}: tunnels need a session, but the session signer's keys were not supplied`);
+  }
   const withSni = !!lane.sniCheck && dests.some((d) => d.rung === 'transparent' && d.kind !== 'ip');
   const listener = {
     name: lane.listener,
@@ -167,11 +184,12 @@ export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyD
                 ? { access_log: [grpcAccessLog(lane.listener, o.accessLogCluster)], access_log_options: { access_log_flush_interval: '1s' } }
                 : {}),
               http_filters: [
-                // the session and authority headers are ours (set by ext_authz, recorded for the tunnel,
-                // access-logged as the session): whatever the guest sent under those names goes first
+                // the session, expiry, token and authority headers are ours (set by the session check,
+                // recorded for the tunnel, access-logged as the session): whatever the guest sent under
+                // those names goes first
                 stripInternalHeaders(),
-                // ext_authz runs only where a virtual host enables it (bump destinations)
-                ...(withBump ? [extAuthzFilter(o.bump!.controlPlaneCluster), tunnelFilterState()] : []),
+                // the session check runs where a virtual host (or the route table's default) asks for it
+                ...(withSessions ? [...sessionCheckFilters(verifier!), tunnelFilterState()] : []),
                 {
                   name: 'envoy.filters.http.dynamic_forward_proxy',
                   typed_config: { '@type': EXT.httpDfp, dns_cache_config: cache },
@@ -179,7 +197,7 @@ export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyD
                 ...(withSni ? [sniHopFilter()] : []),
                 routerFilter(),
               ],
-              local_reply_config: resolvedIpDeniedReply(),
+              local_reply_config: withSessions ? { mappers: [...sessionReplyMappers(), ...resolvedIpDeniedReply().mappers] } : resolvedIpDeniedReply(),
             },
           },
         ],
@@ -188,11 +206,10 @@ export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyD
   };
 
   const vhosts = proxyVirtualHosts(dests, { ...lane, sniCheck: withSni }, o);
-  if (withBump) {
-    // every virtual host that does not ask for ext_authz turns it off
-    for (const vh of vhosts) vh.typed_per_filter_config ??= { 'envoy.filters.http.ext_authz': { '@type': EXT.extAuthzPerRoute, disabled: true } };
-  }
-  const routes = { name: lane.routes, virtual_hosts: vhosts };
+  // every virtual host says whether it needs a session; the route table's default is that it does
+  // (closed), and carries the revoked sessions' DENY policies
+  if (withSessions) for (const vh of vhosts) vh.typed_per_filter_config ??= sessionRequirement(false);
+  const routes = { name: lane.routes, ...(withSessions ? { typed_per_filter_config: sessionRouteTableConfig(session.denials ?? []) } : {}), virtual_hosts: vhosts };
 
   const cluster = {
     name: lane.cluster,
@@ -215,19 +232,29 @@ function stripInternalHeaders(): Record<string, unknown> {
     name: 'envoy.filters.http.header_mutation',
     typed_config: {
       '@type': EXT.headerMutation,
-      mutations: { request_mutations: [{ remove: BUMP.sessionHeader }, { remove: BUMP.authorityHeader }] },
+      mutations: {
+        request_mutations: [BUMP.sessionHeader, BUMP.authorityHeader, SESSION_CHECK.expHeader, SESSION_CHECK.tokenHeader].map((remove) => ({ remove })),
+      },
     },
   };
 }
 
-export function egressResources(ir: Ir, o: EgressOptions) {
+export function egressResources(ir: Ir, o: EgressOptions, session: SessionState = {}) {
   if (ir.egress.defaultRung === 'deny-all') {
     // Deny-all: the listener answers everything with `rung_deny_all`; no forward proxy at all.
-    const lane = forwardProxyLane(EGRESS_LANE, ir, [], o);
-    lane.routes[0]!.virtual_hosts = [{ name: 'deny-all', domains: ['*'], routes: bothMatches().map((m) => denyRoute(m, 'rung_deny_all')) }];
+    const lane = forwardProxyLane(EGRESS_LANE, ir, [], o, session);
+    const routes = lane.routes[0]!;
+    routes.virtual_hosts = [
+      {
+        name: 'deny-all',
+        domains: ['*'],
+        ...('typed_per_filter_config' in routes ? { typed_per_filter_config: sessionRequirement(false) } : {}),
+        routes: bothMatches().map((m) => denyRoute(m, 'rung_deny_all')),
+      },
+    ];
     return lane;
   }
-  return forwardProxyLane(EGRESS_LANE, ir, ir.egress.destinations, o);
+  return forwardProxyLane(EGRESS_LANE, ir, ir.egress.destinations, o, session);
 }
 
 const EGRESS_LANE: ProxyLane = {
@@ -276,7 +303,7 @@ export function proxyVirtualHosts(dests: readonly ProxyDestination[], lane: Prox
       vhosts.push({
         name: vhostName(ds[0]!),
         domains: authorityDomains(host, kind, allowPorts),
-        ...(o.sessionsRequired && o.bump && !lane.connectOnly ? { typed_per_filter_config: authzLane('egress-tunnel') } : {}),
+        ...(o.sessionsRequired && o.bump && !lane.connectOnly ? { typed_per_filter_config: sessionRequirement(true) } : {}),
         routes,
       });
     }
@@ -288,7 +315,7 @@ export function proxyVirtualHosts(dests: readonly ProxyDestination[], lane: Prox
       });
     }
     // bump / external-sds destinations go through the TLS-terminating listener (bump.ts); without
-    // the control plane's ext_authz to check sessions they cannot be served, and are refused
+    // the bump options (no minter, no session check) they cannot be served, and are refused
     const bumped = ds.filter((d) => d.rung === 'bump' || d.rung === 'external-sds');
     if (bumped.length) {
       const domains = authorityDomains(host, kind, bumped.flatMap((d) => d.ports)).filter((dm) => dm !== host);

@@ -6,6 +6,7 @@ import { ingressResources, type IngressOptions } from './ingress.js';
 import { storageResources } from './storage.js';
 import { bumpResources } from './bump.js';
 import type { SessionDenialEntry } from '../sessions.js';
+import type { SessionVerifier } from './session-check.js';
 
 /**
  * IR → Envoy resources. Pure: the same IR and options always give the same resources, sorted by
@@ -25,10 +26,13 @@ export interface TranslateOptions {
    */
   secrets?: readonly Record<string, unknown>[];
   /**
-   * Sessions refused inside bumped tunnels that are already open (revoked or expired): deny routes on
-   * the bump listener. Runtime state supplied by the control plane, like `secrets`.
+   * Revoked sessions: refused at their next tunnel (RBAC policies of the egress route table) and at
+   * their next request inside a bumped tunnel already open (deny routes on the bump listener).
+   * Runtime state supplied by the control plane, like `secrets`.
    */
   sessionDenials?: readonly SessionDenialEntry[];
+  /** The session signer's keys, for Envoy's check of every tunnel's token (runtime state). */
+  sessionVerifier?: SessionVerifier;
 }
 
 export interface Translation {
@@ -38,7 +42,7 @@ export interface Translation {
 }
 
 export function translate(ir: Ir, o: TranslateOptions): Translation {
-  const egress = egressResources(ir, o.egress);
+  const egress = egressResources(ir, o.egress, { verifier: o.sessionVerifier, denials: o.sessionDenials });
   const bump = o.egress.bump ? bumpResources(ir, o.egress, o.egress.bump, o.sessionDenials) : { listeners: [], routes: [], clusters: [] };
   const storage = o.storage ? storageResources(ir, o.storage) : { listeners: [], routes: [], clusters: [] };
   const ingress = o.ingress ? ingressResources(ir, o.ingress) : { listeners: [], routes: [], clusters: [], staticClusters: [] };
