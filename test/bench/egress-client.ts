@@ -1,10 +1,11 @@
 /**
  * The measuring client of test/bench/egress.bench.ts, in its own process: `node --import tsx
- * test/bench/egress-client.ts PLAN.json` prints the raw samples (ms) as JSON on stdout. Per upstream
- * answer delay and per mode (direct, transparent, bump), interleaved: N keep-alive requests on one
- * connection (one tunnel) per mode, then N new connections (TCP + CONNECT + TLS + request); then, for
- * each name under the wildcard bump rule, the first handshake (its leaf minted on demand) and the
- * next one.
+ * test/bench/egress-client.ts PLAN.json` prints the raw samples (ms) as JSON on stdout. Per emulated
+ * upstream RTT (each its own upstream, on its own port: `plan.rtts`), per upstream answer delay and per
+ * mode (direct, transparent, bump), interleaved: N keep-alive requests on one connection (one tunnel)
+ * per mode, then N new connections (TCP + CONNECT + TLS + request); then, for each name under the
+ * wildcard bump rule (against the first RTT's upstream), the first handshake (its leaf minted on
+ * demand) and the next one.
  */
 import fs from 'node:fs';
 import net from 'node:net';
@@ -12,7 +13,8 @@ import tls from 'node:tls';
 import { performance } from 'node:perf_hooks';
 
 interface Plan {
-  port: number;
+  /** one upstream per emulated round-trip time to it (0: none), each on its own port */
+  rtts: Array<{ rttMs: number; port: number }>;
   n: number;
   upIp: string;
   proxy: { proxy: string; port: number };
@@ -49,7 +51,7 @@ function readResponse(sock: net.Socket): Promise<number> {
   });
 }
 
-async function tlsTo(host: string, sni: string, ca: string, via?: { proxy: string; port: number; authority: string; token?: string }): Promise<tls.TLSSocket> {
+async function tlsTo(host: string, port: number, sni: string, ca: string, via?: { proxy: string; port: number; authority: string; token?: string }): Promise<tls.TLSSocket> {
   let raw: net.Socket;
   if (via) {
     raw = net.connect(via.port, via.proxy);
@@ -59,7 +61,7 @@ async function tlsTo(host: string, sni: string, ca: string, via?: { proxy: strin
     const status = await readResponse(raw);
     if (status !== 200) throw new Error(`CONNECT ${status}`);
   } else {
-    raw = net.connect(plan.port, host);
+    raw = net.connect(port, host);
     await new Promise((r) => raw.once('connect', r));
   }
   const s = tls.connect({ socket: raw, servername: sni, ca });
@@ -67,68 +69,80 @@ async function tlsTo(host: string, sni: string, ca: string, via?: { proxy: strin
   return s;
 }
 
-async function get(s: tls.TLSSocket, host: string, delayMs = 0): Promise<number> {
+/**
+ * One request. `close`: the upstream answers `Connection: close` and closes its connection, so even
+ * bump (whose upstream connections Envoy pools) opens a new one to the upstream for the next tunnel.
+ */
+async function get(s: tls.TLSSocket, host: string, port: number, delayMs = 0, close = false): Promise<number> {
   const p = readResponse(s);
-  s.write(`GET /bench${delayMs ? `?delay=${delayMs}` : ''} HTTP/1.1\r\nHost: ${host}:${plan.port}\r\n\r\n`);
+  const q = [delayMs ? `delay=${delayMs}` : '', close ? 'close=1' : ''].filter(Boolean).join('&');
+  s.write(`GET /bench${q ? `?${q}` : ''} HTTP/1.1\r\nHost: ${host}:${port}\r\n\r\n`);
   return p;
 }
 
-
-const PORT = plan.port;
-const modes = {
+/** the modes against the upstream on `port` */
+const modesAt = (port: number) => ({
   direct: { host: 't.bench.test', ca: plan.caPem.upstream, via: undefined },
-  transparent: { host: 't.bench.test', ca: plan.caPem.upstream, via: { ...plan.proxy, authority: `t.bench.test:${PORT}`, token: plan.token } },
-  bump: { host: 'b.bench.test', ca: plan.caPem.deployment, via: { ...plan.proxy, authority: `b.bench.test:${PORT}`, token: plan.token } },
-} as const;
+  transparent: { host: 't.bench.test', ca: plan.caPem.upstream, via: { ...plan.proxy, authority: `t.bench.test:${port}`, token: plan.token } },
+  bump: { host: 'b.bench.test', ca: plan.caPem.deployment, via: { ...plan.proxy, authority: `b.bench.test:${port}`, token: plan.token } },
+});
 
 /**
  * The modes are interleaved: sample i of every mode is taken back to back (the order rotating with
  * i), so a noisy moment on this shared 2-core machine lands on every mode alike, and the ratios
  * compare like with like.
  */
-const active = Object.entries(modes).filter(([mode]) => !plan.modes || plan.modes.includes(mode));
-const rotation = (i: number) => active.map((_, k) => active[(i + k) % active.length]!);
-const byDelay: Record<string, Record<string, { keepAlive: number[]; newConnection: number[] }>> = {};
-for (const delay of plan.delays) {
-  const out: Record<string, { keepAlive: number[]; newConnection: number[] }> = Object.fromEntries(active.map(([mode]) => [mode, { keepAlive: [], newConnection: [] }]));
-  byDelay[delay] = out;
-  const conns = new Map<string, tls.TLSSocket>();
-  for (const [mode, m] of active) {
-    const s = await tlsTo(plan.upIp, m.host, m.ca, m.via);
-    for (let i = 0; i < 50; i++) await get(s, m.host, delay); // warm-up
-    conns.set(mode, s);
-  }
-  for (let i = 0; i < plan.n; i++) {
-    for (const [mode, m] of rotation(i)) {
-      const t0 = performance.now();
-      if ((await get(conns.get(mode)!, m.host, delay)) !== 200) throw new Error(`${mode}: non-200`);
-      out[mode]!.keepAlive.push(performance.now() - t0);
+type ByDelay = Record<string, Record<string, { keepAlive: number[]; newConnection: number[] }>>;
+/** samples by emulated RTT (ms), then by upstream answer delay (ms), then by mode */
+const byRtt: Record<string, ByDelay> = {};
+for (const { rttMs, port } of plan.rtts) {
+  const active = Object.entries(modesAt(port)).filter(([mode]) => !plan.modes || plan.modes.includes(mode));
+  const rotation = (i: number) => active.map((_, k) => active[(i + k) % active.length]!);
+  const byDelay: ByDelay = (byRtt[rttMs] = {});
+  for (const delay of plan.delays) {
+    const out: Record<string, { keepAlive: number[]; newConnection: number[] }> = Object.fromEntries(active.map(([mode]) => [mode, { keepAlive: [], newConnection: [] }]));
+    byDelay[delay] = out;
+    const conns = new Map<string, tls.TLSSocket>();
+    for (const [mode, m] of active) {
+      const s = await tlsTo(plan.upIp, port, m.host, m.ca, m.via);
+      for (let i = 0; i < 50; i++) await get(s, m.host, port, delay); // warm-up
+      conns.set(mode, s);
     }
-  }
-  for (const s of conns.values()) s.destroy();
-  for (let i = 0; i < (plan.keepAliveOnly ? 0 : plan.n); i++) {
-    for (const [mode, m] of rotation(i)) {
-      const t0 = performance.now();
-      const c = await tlsTo(plan.upIp, m.host, m.ca, m.via);
-      if ((await get(c, m.host, delay)) !== 200) throw new Error(`${mode}: non-200`);
-      out[mode]!.newConnection.push(performance.now() - t0);
-      c.destroy();
+    for (let i = 0; i < plan.n; i++) {
+      for (const [mode, m] of rotation(i)) {
+        const t0 = performance.now();
+        if ((await get(conns.get(mode)!, m.host, port, delay)) !== 200) throw new Error(`${mode}: non-200`);
+        out[mode]!.keepAlive.push(performance.now() - t0);
+      }
     }
-  }
-  const p = (xs: number[], q: number) => (xs.length ? [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))]!.toFixed(3) : '-');
-  for (const [mode, { keepAlive, newConnection }] of Object.entries(out)) {
-    log(`[delay ${delay} ms] ${mode}: keep-alive p50 ${p(keepAlive, 0.5)} p99 ${p(keepAlive, 0.99)} ms; new-connection p50 ${p(newConnection, 0.5)} p99 ${p(newConnection, 0.99)} ms`);
+    for (const s of conns.values()) s.destroy();
+    for (let i = 0; i < (plan.keepAliveOnly ? 0 : plan.n); i++) {
+      for (const [mode, m] of rotation(i)) {
+        const t0 = performance.now();
+        const c = await tlsTo(plan.upIp, port, m.host, m.ca, m.via);
+        // every mode's upstream connection is new: bump's too (the upstream closes the one Envoy pooled)
+        if ((await get(c, m.host, port, delay, true)) !== 200) throw new Error(`${mode}: non-200`);
+        out[mode]!.newConnection.push(performance.now() - t0);
+        c.destroy();
+      }
+    }
+    const p = (xs: number[], q: number) => (xs.length ? [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))]!.toFixed(3) : '-');
+    for (const [mode, { keepAlive, newConnection }] of Object.entries(out)) {
+      log(`[rtt ${rttMs} ms, delay ${delay} ms] ${mode}: keep-alive p50 ${p(keepAlive, 0.5)} p99 ${p(keepAlive, 0.99)} ms; new-connection p50 ${p(newConnection, 0.5)} p99 ${p(newConnection, 0.99)} ms`);
+    }
   }
 }
 
+// the never-seen SNIs: against the first RTT's upstream
+const sni = plan.rtts[0]!;
 const firstSni: number[] = [];
 const cachedSni: number[] = [];
 for (const host of plan.keepAliveOnly ? [] : plan.wild) {
   for (const bucket of [firstSni, cachedSni]) {
     const t0 = performance.now();
-    const c = await tlsTo(plan.upIp, host, plan.caPem.deployment, { ...plan.proxy, authority: `${host}:${PORT}`, token: plan.token });
+    const c = await tlsTo(plan.upIp, sni.port, host, plan.caPem.deployment, { ...plan.proxy, authority: `${host}:${sni.port}`, token: plan.token });
     bucket.push(performance.now() - t0);
     c.destroy();
   }
 }
-process.stdout.write(JSON.stringify({ byDelay, firstSni, cachedSni }));
+process.stdout.write(JSON.stringify({ byRtt, sniRttMs: sni.rttMs, firstSni, cachedSni }));

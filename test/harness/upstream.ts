@@ -172,6 +172,12 @@ export interface UpstreamOptions {
   /** Offer h2 and http/1.1 by ALPN (plain: h2c prior knowledge is not accepted, HTTP/1.1 only). */
   h2?: boolean;
   name?: string;
+  /**
+   * Emulated network distance: every byte in and out of an accepted connection is delayed by this
+   * many ms (per direction, in order; RTT = 2 × this), see `--one-way-delay-ms` in ./upstream-server.ts.
+   * The TCP handshake is not delayed. Default 0: no delay line.
+   */
+  oneWayDelayMs?: number;
   startTimeoutMs?: number;
 }
 
@@ -208,6 +214,7 @@ export async function startUpstream(opts: UpstreamOptions): Promise<Upstream> {
     if (opts.tls.clientCaPem) args.push('--client-ca', w('client-ca.pem', opts.tls.clientCaPem));
   }
   if (opts.h2) args.push('--h2');
+  if (opts.oneWayDelayMs) args.push('--one-way-delay-ms', String(opts.oneWayDelayMs));
   const cleanupDir = (): void => {
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   };
