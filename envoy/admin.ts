@@ -275,6 +275,14 @@ export function versionsOf(typeUrl: string, dump: ConfigDump, textReadouts: Reco
       }
       break;
     }
+    case XDS.extensionConfig: {
+      for (const f of arr(section(CONFIG_DUMP.ecds).ecds_filters)) {
+        const name = str(obj(f.ecds_filter)?.name) ?? '';
+        out.resources.push({ name, version: str(f.version_info), state: 'active' });
+        addError(name, f.error_state);
+      }
+      break;
+    }
     default:
       throw new EnvoyHarnessError('usage', `not an xDS resource type Portcullis serves: ${typeUrl}`);
   }

@@ -109,6 +109,7 @@ export function checkReferences(snapshot: Snapshot, opts: BuildOptions = {}): Re
   const routes = names(XDS.route);
   const endpoints = names(XDS.endpoint);
   const secrets = new Set([...names(XDS.secret).keys(), ...(opts.externalSecrets ?? [])]);
+  const extensions = names(XDS.extensionConfig);
 
   for (const typeUrl of XDS_TYPE_URLS) {
     for (const r of names(typeUrl).values()) {
@@ -117,7 +118,8 @@ export function checkReferences(snapshot: Snapshot, opts: BuildOptions = {}): Re
           (ref.kind === 'route' && !routes.has(ref.name)) ||
           (ref.kind === 'cluster' && !clusters.has(ref.name)) ||
           (ref.kind === 'secret' && !secrets.has(ref.name)) ||
-          (ref.kind === 'endpoint' && !endpoints.has(ref.name));
+          (ref.kind === 'endpoint' && !endpoints.has(ref.name)) ||
+          (ref.kind === 'extension' && !extensions.has(ref.name));
         if (missing) {
           problems.push({
             typeUrl,
@@ -134,7 +136,7 @@ export function checkReferences(snapshot: Snapshot, opts: BuildOptions = {}): Re
 }
 
 export interface Reference {
-  kind: 'route' | 'cluster' | 'secret' | 'endpoint';
+  kind: 'route' | 'cluster' | 'secret' | 'endpoint' | 'extension';
   name: string;
   path: string;
 }
@@ -146,6 +148,7 @@ export interface Reference {
  *  - route `cluster` / `weighted_clusters.clusters[].name`, tcp_proxy `cluster`, gRPC `envoy_grpc.cluster_name`
  *  - any `{ name, sds_config: { ads: {} } }` pair (TLS certificates, validation contexts, injected credentials)
  *  - a Cluster of `type: EDS` needs the ClusterLoadAssignment named by `eds_cluster_config.service_name` or its own name
+ *  - an HTTP filter `{ name, config_discovery: { config_source: { ads: {} } } }` needs the ECDS resource of that name
  */
 export function collectReferences(body: unknown): Reference[] {
   const out: Reference[] = [];
@@ -171,6 +174,9 @@ export function collectReferences(body: unknown): Reference[] {
         const n = (c as Record<string, unknown>)?.name;
         if (typeof n === 'string') out.push({ kind: 'cluster', name: n, path: at(`clusters[${i}].name`) });
       });
+    }
+    if (typeof o.name === 'string' && o.config_discovery && typeof o.config_discovery === 'object' && isAds((o.config_discovery as Record<string, unknown>).config_source)) {
+      out.push({ kind: 'extension', name: o.name, path: at('name') });
     }
     if (typeof o.name === 'string' && isAds(o.sds_config)) {
       out.push({ kind: 'secret', name: o.name, path: at('name') });

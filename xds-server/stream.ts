@@ -17,12 +17,12 @@ import type { Resource, Snapshot } from './snapshot.js';
  * out through `send`, fatal protocol errors through `fail`. The gRPC service (server.ts) wires them
  * to real streams; the property tests drive them directly.
  *
- * Push order for every update: CDS → EDS → SDS → LDS → RDS (adds and changes), then — once those are
+ * Push order for every update: CDS → EDS → SDS → ECDS → LDS → RDS (adds and changes), then — once those are
  * acknowledged — the removals of stale listeners and clusters (make before break).
  */
 
-export const PUSH_ORDER: readonly XdsTypeUrl[] = [XDS.cluster, XDS.endpoint, XDS.secret, XDS.listener, XDS.route];
-const REMOVAL_ORDER: readonly XdsTypeUrl[] = [XDS.listener, XDS.route, XDS.cluster, XDS.endpoint, XDS.secret];
+export const PUSH_ORDER: readonly XdsTypeUrl[] = [XDS.cluster, XDS.endpoint, XDS.secret, XDS.extensionConfig, XDS.listener, XDS.route];
+const REMOVAL_ORDER: readonly XdsTypeUrl[] = [XDS.listener, XDS.route, XDS.extensionConfig, XDS.cluster, XDS.endpoint, XDS.secret];
 
 export interface StreamLimits {
   /** Most resource names one request may carry. */

@@ -5,24 +5,29 @@
 
 const P = 'type.googleapis.com/';
 
-/** xDS resource types served over ADS, in push order (CDS → EDS → LDS → RDS → SDS). */
+/**
+ * xDS resource types served over ADS (the order they are pushed in is stream.ts PUSH_ORDER). ECDS
+ * carries HTTP filter configs a listener names by `config_discovery` (changed without a drain).
+ */
 export const XDS = {
   cluster: `${P}envoy.config.cluster.v3.Cluster`,
   endpoint: `${P}envoy.config.endpoint.v3.ClusterLoadAssignment`,
   listener: `${P}envoy.config.listener.v3.Listener`,
   route: `${P}envoy.config.route.v3.RouteConfiguration`,
   secret: `${P}envoy.extensions.transport_sockets.tls.v3.Secret`,
+  extensionConfig: `${P}envoy.config.core.v3.TypedExtensionConfig`,
 } as const;
 export type XdsTypeUrl = (typeof XDS)[keyof typeof XDS];
-export const XDS_TYPE_URLS: readonly XdsTypeUrl[] = [XDS.cluster, XDS.endpoint, XDS.listener, XDS.route, XDS.secret];
+export const XDS_TYPE_URLS: readonly XdsTypeUrl[] = [XDS.cluster, XDS.endpoint, XDS.listener, XDS.route, XDS.secret, XDS.extensionConfig];
 /** Wildcard types: every response carries the complete set; anything left out is deleted. */
 export const WILDCARD_TYPES: ReadonlySet<XdsTypeUrl> = new Set([XDS.cluster, XDS.listener]);
-export const SHORT_NAME: Record<XdsTypeUrl, 'CDS' | 'EDS' | 'LDS' | 'RDS' | 'SDS'> = {
+export const SHORT_NAME: Record<XdsTypeUrl, 'CDS' | 'EDS' | 'LDS' | 'RDS' | 'SDS' | 'ECDS'> = {
   [XDS.cluster]: 'CDS',
   [XDS.endpoint]: 'EDS',
   [XDS.listener]: 'LDS',
   [XDS.route]: 'RDS',
   [XDS.secret]: 'SDS',
+  [XDS.extensionConfig]: 'ECDS',
 };
 
 export function isXdsTypeUrl(s: string): s is XdsTypeUrl {
@@ -107,4 +112,5 @@ export const CONFIG_DUMP = {
   listeners: `${P}envoy.admin.v3.ListenersConfigDump`,
   routes: `${P}envoy.admin.v3.RoutesConfigDump`,
   secrets: `${P}envoy.admin.v3.SecretsConfigDump`,
+  ecds: `${P}envoy.admin.v3.EcdsConfigDump`,
 } as const;

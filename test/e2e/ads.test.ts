@@ -8,7 +8,7 @@ import { XdsServer } from '../../xds-server/server.js';
 import { buildSnapshot, type Snapshot, type SnapshotInput } from '../../xds-server/snapshot.js';
 import { EnvoyProcess, stopAllEnvoys, uniqueNodeId } from '../../envoy/process.js';
 import { rejectedUpdates } from '../../envoy/admin.js';
-import { XDS, XDS_TYPE_URLS, type XdsTypeUrl } from '../../envoy/api/type-urls.js';
+import { WILDCARD_TYPES, XDS, XDS_TYPE_URLS, type XdsTypeUrl } from '../../envoy/api/type-urls.js';
 import { ResourceInvalidError } from '../../common/errors.js';
 import { EventBus, type PortcullisEvent } from '../../common/events.js';
 import { silentLogger } from '../../common/logger.js';
@@ -77,7 +77,8 @@ describe.skipIf(!gate.ok).each(['sotw', 'delta'] as const)('ADS (%s) driving a r
     for (const r of snap.resources.get(t)!.values()) await e.waitForVersion(t, r.hash, 20_000, { names: [r.name] });
   }
   async function allApplied(e: EnvoyProcess, snap: Snapshot): Promise<void> {
-    for (const t of XDS_TYPE_URLS) await applied(e, snap, t);
+    // (a type the snapshot has nothing of, and Envoy does not ask for by wildcard, has no version to see)
+    for (const t of XDS_TYPE_URLS) if (snap.resources.get(t)!.size || WILDCARD_TYPES.has(t)) await applied(e, snap, t);
   }
   const routeVersion = (snap: Snapshot) => (ads === 'sotw' ? snap.version : snap.resources.get(XDS.route)!.get('main')!.hash);
 

@@ -34,6 +34,7 @@ import { silentLogger } from '../../common/logger.js';
  */
 const gate = e2eGate(['envoy', 'root', 'netns'], 'egress (bump rung)');
 const PORT = 8443;
+const HTTP_PORT = 8080;
 
 describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pc-bump-'));
@@ -41,12 +42,16 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
   let up: Upstream;
   let bad: Upstream;
   let self: Upstream;
+  let plainHttp: Upstream;
   let dns: DnsServerProcess;
   let cp: ControlPlane;
   let envoy: EnvoyProcess;
   let watcher: PolicyWatcher;
   let minter: Minter;
   let sessions: JwtSessions;
+  /** the session signer's public keys as the edge is given them, and who is told when they change */
+  let signerKeys: JWK[] = [];
+  const keyWatchers = new Set<() => void>();
   let customerSds: XdsServer;
   let ir: Ir;
   let egressPort: number;
@@ -67,6 +72,8 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
     up = await startUpstream({ netns: tn.host('up').netns, port: PORT, tls: { certPem: good.certPem, keyPem: good.keyPem } });
     bad = await startUpstream({ netns: tn.host('bad').netns, port: PORT, tls: { certPem: expired.certPem, keyPem: expired.keyPem } });
     self = await startUpstream({ netns: tn.host('self').netns, port: PORT, tls: { certPem: selfSigned.certPem, keyPem: selfSigned.keyPem } });
+    // plain HTTP on the same host, for absolute-form requests (`http://…` through the proxy)
+    plainHttp = await startUpstream({ netns: tn.host('up').netns, port: HTTP_PORT, name: 'plain-http' });
     dns = await startDnsServerIn({
       netns: tn.host('dns').netns,
       zone: {
@@ -102,7 +109,7 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
         `    - { host: other.bump.test, ports: [${PORT}], rung: bump }`,
         `    - { host: expired.bump.test, ports: [${PORT}], rung: bump }`,
         `    - { host: selfsigned.bump.test, ports: [${PORT}], rung: bump }`,
-        `    - { host: plain.bump.test, ports: [${PORT}] }`,
+        `    - { host: plain.bump.test, ports: [${PORT}, ${HTTP_PORT}] }`,
         `    - { host: loop.bump.test, ports: [${PORT}], rung: bump }`,
         `    - { host: "*.wild.bump.test", ports: [${PORT}], rung: bump, credential: upstream-key }`,
         `    - { host: vendor.bump.test, ports: [${PORT}], rung: external-sds, credential: vendor-key }`,
@@ -118,7 +125,14 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
     const key = await testSessionKey();
     token = key.token;
     jwk = key.jwk;
-    sessions = new JwtSessions({ jwks: () => ({ keys: [jwk] }) });
+    signerKeys = [jwk];
+    sessions = new JwtSessions({
+      jwks: () => ({ keys: signerKeys }),
+      onKeysChange: (l) => {
+        keyWatchers.add(l);
+        return () => keyWatchers.delete(l);
+      },
+    });
     minter = await Minter.open({ dataDir: path.join(tmp, 'minter'), deploymentId: 'bump-e2e', policy: [], logger: silentLogger() });
     deploymentCaFile = path.join(tmp, 'deployment-ca.pem');
     fs.writeFileSync(deploymentCaFile, minter.bundlePem());
@@ -154,7 +168,7 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
     await stopAllEnvoys();
     await cp?.close();
     await customerSds?.close(200);
-    for (const u of [up, bad, self]) await u?.stop();
+    for (const u of [up, bad, self, plainHttp]) await u?.stop();
     await dns?.stop();
     await tn?.destroy();
     fs.rmSync(tmp, { recursive: true, force: true });
@@ -267,9 +281,34 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
     // Envoy's own session check counted the tunnel; the egress listener has no ext_authz at all
     const s1 = await stats();
     expect((s1['http.egress.jwt_authn.allowed'] ?? 0) - (s0['http.egress.jwt_authn.allowed'] ?? 0)).toBe(1);
+    // the listener names the check's filter config, which Envoy holds from ECDS
     const listeners = JSON.stringify(await envoy.admin.configDump('dynamic_listeners'));
-    expect(listeners).toContain('envoy.filters.http.jwt_authn');
+    expect(listeners).toContain('"portcullis.session_jwt"');
+    expect(listeners).toContain('config_discovery');
+    const ecds = JSON.stringify(await envoy.admin.configDump());
+    expect(ecds).toMatch(/EcdsConfigDump/);
+    expect(ecds).toContain('jwt_authn.v3.JwtAuthentication');
+    expect((await envoy.versions(XDS.extensionConfig)).resources).toEqual([{ name: 'portcullis.session_jwt', version: cp.snapshot!.version, state: 'active' }]);
     expect((await envoy.admin.stats('ext_authz'))['http.egress.ext_authz.ok']).toBeUndefined();
+  });
+
+  it('an absolute-form http:// request: the session is checked and recorded, and nothing of ours or the guest\'s proxy credential reaches the upstream', async () => {
+    const tok = await token('s-absolute');
+    const before = plainHttp.requests().length;
+    const r = await curl(`http://plain.bump.test:${HTTP_PORT}/absolute`, { token: tok });
+    expect(r.statuses, r.stderr).toEqual([200]);
+    await plainHttp.waitFor((e) => e.event === 'request' && e.url === '/absolute', 5000);
+    const seen = plainHttp.requests().slice(before);
+    expect(seen).toHaveLength(1);
+    const headers = JSON.stringify(seen[0]!.headers);
+    expect(headers).not.toContain('x-portcullis');
+    expect(headers).not.toContain('proxy-authorization');
+    expect(headers).not.toContain(tok.slice(-20));
+    // the access log still names the session (the tripwire counts its bytes)
+    await eventually(() => cp.events.history().some((e) => e.sessionId === 's-absolute' && JSON.stringify(e.data).includes(`plain.bump.test:${HTTP_PORT}`)), 5000, 'the request access-logged with its session');
+    const none = await curl(`http://plain.bump.test:${HTTP_PORT}/absolute-none`);
+    expect(none.statuses[0]).toBe(407);
+    expect(none.reasons[0]).toBe('session_credential_missing');
   });
 
   it('Host ≠ SNI inside a bumped tunnel → refused (sni_mismatch); so is a CONNECT to one name carrying the SNI of another', async () => {
@@ -361,6 +400,39 @@ describe.skipIf(!gate.ok)('egress, bump rung, through a real Envoy', () => {
       expect(cp.snapshot!.version).toBe(version);
     } finally {
       t.child.kill();
+    }
+  });
+
+  it('new signer keys reach Envoy without draining the egress listener: an open tunnel carries on, the new key\'s tokens pass, a dropped key\'s do not', async () => {
+    const next = await testSessionKey('k2');
+    const listenerStats = async () => await envoy.admin.stats('listener_manager');
+    const t = openTunnel(await token('s-keys'));
+    try {
+      expect(String((await t.next()).connect)).toMatch(/ 200 /);
+      expect(await t.send(`GET api.bump.test:${PORT} /keys-1`)).toMatchObject({ status: 200 });
+      const before = await listenerStats();
+      // a token of a key Envoy was never given is refused
+      const early = await curl(`https://api.bump.test:${PORT}/probe`, { token: await next.token('s-new') });
+      expect(early.reasons[0]).toBe('session_credential_missing');
+
+      signerKeys = [jwk, next.jwk];
+      for (const w of keyWatchers) w();
+      await eventually(async () => (await curl(`https://api.bump.test:${PORT}/probe`, { token: await next.token('s-new') })).statuses[0] === 200, 5000, 'the new key in Envoy');
+      signerKeys = [next.jwk];
+      for (const w of keyWatchers) w();
+      await eventually(async () => (await curl(`https://api.bump.test:${PORT}/probe`, { token: await token('s-old-key') })).reasons[0] === 'session_credential_missing', 5000, 'the old key gone from Envoy');
+
+      // the listener was never modified (so never drained): the tunnel opened before carries on
+      const after = await listenerStats();
+      expect(after['listener_manager.listener_modified']).toBe(before['listener_manager.listener_modified']);
+      expect(after['listener_manager.total_listeners_draining'] ?? 0).toBe(0);
+      expect(await t.send(`GET api.bump.test:${PORT} /keys-2`)).toMatchObject({ status: 200 });
+    } finally {
+      t.child.kill();
+      // the first key back for the tests that follow
+      signerKeys = [jwk, next.jwk];
+      for (const w of keyWatchers) w();
+      await eventually(async () => (await curl(`https://api.bump.test:${PORT}/probe`, { token: await token('s-back') })).statuses[0] === 200, 5000, 'the first key back');
     }
   });
 

@@ -97,7 +97,7 @@ export async function startMcpStack(o: McpStackOptions): Promise<McpStack> {
     throw e;
   }
   const rejected = rejectedUpdates(await envoy.admin.stats());
-  if (Object.keys(rejected).length) throw new Error(`Envoy rejected the ingress config: ${JSON.stringify(rejected)}`);
+  if (Object.keys(rejected).length) throw new Error(`Envoy rejected the ingress config: ${JSON.stringify(rejected)} ${JSON.stringify(cp.status().lastNack)}`);
   const url = `http://127.0.0.1:${ingressPort}/mcp`;
   await eventually(async () => (await httpGet(`http://127.0.0.1:${ingressPort}/.well-known/oauth-protected-resource`)).status === 200, 15_000, 'the ingress listener');
 

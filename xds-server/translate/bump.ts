@@ -1,7 +1,7 @@
 import type { Ir, IrDestination } from '../../policy/ir.js';
 import { EXT, NEWER_THAN_PROTOS } from '../../envoy/api/type-urls.js';
 import { PortcullisError } from '../../common/errors.js';
-import { ADS_SOURCE, denyReplyMapper, denyRoute, grpcAccessLog, resolvedIpDeniedReply, routerFilter, typedStruct } from './common.js';
+import { ADS_SOURCE, denyReplyMapper, denyRoute, grpcAccessLog, resolvedIpDeniedReply, routerFilter, SESSION_FILTER_STATE, typedStruct } from './common.js';
 import { CEL_STRING_FEATURES, celBuilder } from './cel.js';
 import type { SessionDenialEntry } from '../sessions.js';
 import { SESSION_CHECK, SESSION_EXPIRY_FILTER, sessionExpiryFilter, sessionRequirement } from './session-check.js';
@@ -39,7 +39,7 @@ import { dnsCacheConfig, type EgressOptions } from './egress.js';
 export const BUMP = {
   listener: 'egress_bump',
   tunnelCluster: 'egress_bump_tunnel',
-  sessionKey: 'portcullis.session',
+  sessionKey: SESSION_FILTER_STATE,
   authorityKey: 'portcullis.authority',
   sessionHeader: 'x-portcullis-session',
   authorityHeader: 'x-portcullis-authority',

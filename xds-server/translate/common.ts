@@ -4,6 +4,8 @@ import { EXT } from '../../envoy/api/type-urls.js';
 
 export const ADS_SOURCE = { ads: {}, resource_api_version: 'V3' } as const;
 export const DENY_HEADER = 'x-deny-reason';
+/** Filter state where the egress listener records a request's (or tunnel's) session (bump.ts BUMP.sessionKey). */
+export const SESSION_FILTER_STATE = 'portcullis.session';
 
 /** `TypedStruct` carrying a message newer than our proto set; Envoy converts it itself. */
 export function typedStruct(typeUrl: string, value: Record<string, unknown>): Record<string, unknown> {
@@ -72,6 +74,8 @@ export function grpcAccessLog(logName: string, cluster: string): Record<string, 
         transport_api_version: 'V3',
         buffer_flush_interval: '0.5s',
         buffer_size_bytes: 16384,
+        // the session A recorded for the request or tunnel (the header may be gone before the log is written)
+        filter_state_objects_to_log: [SESSION_FILTER_STATE],
       },
       additional_request_headers_to_log: ['x-portcullis-session'],
       additional_response_headers_to_log: [DENY_HEADER],

@@ -1,6 +1,6 @@
 import type { Ir, IrDestination } from '../../policy/ir.js';
 import { BUMP, bumpVirtualHost, tunnelFilterState, type BumpOptions } from './bump.js';
-import { SESSION_CHECK, sessionCheckFilters, sessionReplyMappers, sessionRequirement, sessionRouteTableConfig, type SessionVerifier } from './session-check.js';
+import { SESSION_CHECK, sessionCheckFilters, sessionJwtConfig, sessionReplyMappers, sessionRequirement, sessionRouteTableConfig, type SessionVerifier } from './session-check.js';
 import type { SessionDenialEntry } from '../sessions.js';
 import { PortcullisError } from '../../common/errors.js';
 import { EXT } from '../../envoy/api/type-urls.js';
@@ -189,7 +189,7 @@ export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyD
                 // those names goes first
                 stripInternalHeaders(),
                 // the session check runs where a virtual host (or the route table's default) asks for it
-                ...(withSessions ? [...sessionCheckFilters(verifier!), tunnelFilterState()] : []),
+                ...(withSessions ? [...sessionCheckFilters(), tunnelFilterState()] : []),
                 {
                   name: 'envoy.filters.http.dynamic_forward_proxy',
                   typed_config: { '@type': EXT.httpDfp, dns_cache_config: cache },
@@ -223,7 +223,12 @@ export function forwardProxyLane(lane: ProxyLane, ir: Ir, dests: readonly ProxyD
   };
 
   const sni = withSni ? sniResources(ir.denySet, lane.dnsCache, lane.cluster, o) : { listeners: [], clusters: [] };
-  return { listeners: [listener, ...sni.listeners], routes: [routes], clusters: [cluster, ...sni.clusters] };
+  return {
+    listeners: [listener, ...sni.listeners],
+    routes: [routes],
+    clusters: [cluster, ...sni.clusters],
+    extensions: withSessions ? [sessionJwtConfig(verifier!)] : [],
+  };
 }
 
 /** Drops the headers that carry Portcullis' own session and authority, as a guest sent them. */
@@ -298,7 +303,15 @@ export function proxyVirtualHosts(dests: readonly ProxyDestination[], lane: Prox
                 },
               },
             ];
-      if (!lane.connectOnly) routes.push({ match: { prefix: '/' }, route: { cluster: lane.cluster, timeout: '60s' } });
+      // an absolute-form request goes upstream as it is: without the headers we set (the session, its
+      // token's expiry; the access log takes the session from the filter state)
+      if (!lane.connectOnly) {
+        routes.push({
+          match: { prefix: '/' },
+          route: { cluster: lane.cluster, timeout: '60s' },
+          request_headers_to_remove: [BUMP.sessionHeader, SESSION_CHECK.expHeader, BUMP.authorityHeader],
+        });
+      }
       else routes.push(denyRoute({ prefix: '' }, 'destination_not_allowed'));
       vhosts.push({
         name: vhostName(ds[0]!),

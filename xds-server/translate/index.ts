@@ -57,6 +57,7 @@ export function translate(ir: Ir, o: TranslateOptions): Translation {
       [XDS.cluster]: byName([...egress.clusters, ...bump.clusters, ...storage.clusters, ...ingress.clusters]),
       [XDS.endpoint]: [],
       [XDS.secret]: byName([...(o.secrets ?? [])].map((x) => ({ ...x }) as Record<string, unknown> & { name: string })),
+      [XDS.extensionConfig]: byName([...egress.extensions]),
     },
     staticClusters: [...new Set(staticClusters)],
   };

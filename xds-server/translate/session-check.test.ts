@@ -47,7 +47,7 @@ const jwtOf = (cfg: Obj | undefined) => cfg?.[SESSION_CHECK.jwtFilter];
 
 describe('the session check of every tunnel, in Envoy (listener A)', () => {
   it('runs in order: strip our headers → token out of Proxy-Authorization → jwt_authn → drop the token → RBAC → record for B; no ext_authz', () => {
-    const { filters, hcm } = egress(MIXED, opts(true));
+    const { filters, hcm, t } = egress(MIXED, opts(true));
     expect(filters.slice(0, 6)).toEqual([
       'envoy.filters.http.header_mutation',
       'envoy.filters.http.lua',
@@ -59,7 +59,11 @@ describe('the session check of every tunnel, in Envoy (listener A)', () => {
     expect(JSON.stringify(hcm)).not.toContain('ext_authz');
     const strip = (hcm.http_filters as Obj[])[0]!.typed_config.mutations.request_mutations.map((m: Obj) => m.remove);
     expect(strip).toEqual(expect.arrayContaining([SESSION_CHECK.sessionHeader, SESSION_CHECK.expHeader, SESSION_CHECK.tokenHeader, BUMP.authorityHeader]));
-    const jwt = (hcm.http_filters as Obj[])[2]!.typed_config;
+    // jwt_authn's config comes over ECDS (a key change never drains A), and A waits for it
+    expect((hcm.http_filters as Obj[])[2]).toEqual({ name: SESSION_CHECK.jwtFilter, config_discovery: { config_source: { ads: {}, resource_api_version: 'V3' }, type_urls: [expect.stringContaining('jwt_authn.v3.JwtAuthentication')] } });
+    const ecds = t.input[XDS.extensionConfig] as Obj[];
+    expect(ecds.map((e) => e.name)).toEqual([SESSION_CHECK.jwtFilter]);
+    const jwt = ecds[0]!.typed_config;
     const provider = jwt.providers[SESSION_CHECK.provider];
     expect(provider).toMatchObject({
       issuer: 'portcullis-supervisor',
@@ -134,9 +138,12 @@ describe('the session check of every tunnel, in Envoy (listener A)', () => {
     expect(JSON.stringify(translate(plain, opts(false, null)).input)).not.toContain(SESSION_CHECK.jwtFilter);
   });
 
-  it('the whole translation passes the pre-push validator', () => {
+  it('the whole translation passes the pre-push validator; a listener naming a filter config the snapshot lacks does not', () => {
     const t = translate(MIXED, opts(true));
-    expect(() => buildSnapshot(t.input, { staticClusters: t.staticClusters, externalSecrets: ['leaf:api.example.com'] })).not.toThrow();
+    const build = () => buildSnapshot(t.input, { staticClusters: t.staticClusters, externalSecrets: ['leaf:api.example.com'] });
+    expect(() => build()).not.toThrow();
+    t.input[XDS.extensionConfig] = [];
+    expect(() => build()).toThrow(/references extension "portcullis.session_jwt"/);
   });
 });
 

@@ -1,7 +1,7 @@
 import { EXT } from '../../envoy/api/type-urls.js';
 import type { SessionDenialEntry } from '../sessions.js';
 import { CEL_STRING_FEATURES, celBuilder } from './cel.js';
-import { DENY_HEADER, denyReplyMapper } from './common.js';
+import { ADS_SOURCE, DENY_HEADER, denyReplyMapper } from './common.js';
 
 /**
  * The session check of every tunnel, done by Envoy on the egress listener (A) — no call leaves
@@ -12,7 +12,9 @@ import { DENY_HEADER, denyReplyMapper } from './common.js';
  *    `x-portcullis-proxy-token`, and drops `Proxy-Authorization` (hop-by-hop: it never goes upstream);
  * 2. `jwt_authn` verifies it against the session signer's JWKS (runtime state, like the leaves):
  *    Ed25519 signature, audience, issuer, `exp` required (5 s skew). Verified tokens are cached per
- *    worker. On success the `sid` and `exp` claims become `x-portcullis-session` and
+ *    worker. Its config comes over ECDS (`portcullis.session_jwt`), so new signer keys reach Envoy
+ *    without draining the listener or its open tunnels (the listener waits for the config before it
+ *    serves). On success the `sid` and `exp` claims become `x-portcullis-session` and
  *    `x-portcullis-session-exp` (the filter before removed any guest-sent copy) and the token header
  *    is dropped; every virtual host says whether it needs a session, and the route table's default
  *    is that it does, so a virtual host that forgot to say is closed, not open;
@@ -34,7 +36,8 @@ export const SESSION_CHECK = {
   tokenHeader: 'x-portcullis-proxy-token',
   sessionHeader: 'x-portcullis-session',
   expHeader: 'x-portcullis-session-exp',
-  jwtFilter: 'envoy.filters.http.jwt_authn',
+  /** the jwt_authn filter's name on A, and the name of its config (ECDS) */
+  jwtFilter: 'portcullis.session_jwt',
   rbacFilter: 'envoy.filters.http.rbac',
   /** the tunnel's token expiry (epoch seconds), recorded by A for B's per-request expiry check */
   expKey: 'portcullis.session_exp',
@@ -101,41 +104,47 @@ end
 `;
 
 /** A's filters of the session check, in order (after the filter that strips our headers as the guest sent them). */
-export function sessionCheckFilters(v: SessionVerifier): Record<string, unknown>[] {
+export function sessionCheckFilters(): Record<string, unknown>[] {
   return [
     {
       name: 'envoy.filters.http.lua',
       typed_config: { '@type': EXT.lua, default_source_code: { inline_string: PROXY_TOKEN_LUA } },
     },
-    {
-      name: SESSION_CHECK.jwtFilter,
-      typed_config: {
-        '@type': EXT.jwtAuthn,
-        providers: {
-          [SESSION_CHECK.provider]: {
-            ...(v.issuer ? { issuer: v.issuer } : {}),
-            audiences: [v.audience],
-            local_jwks: { inline_string: JSON.stringify(v.jwks) },
-            from_headers: [{ name: SESSION_CHECK.tokenHeader }],
-            forward: false,
-            require_expiration: true,
-            clock_skew_seconds: SESSION_CHECK.clockSkewSeconds,
-            claim_to_headers: [
-              { header_name: SESSION_CHECK.sessionHeader, claim_name: 'sid' },
-              { header_name: SESSION_CHECK.expHeader, claim_name: 'exp' },
-            ],
-            jwt_cache_config: { jwt_cache_size: SESSION_CHECK.jwtCacheSize },
-          },
-        },
-        requirement_map: { [SESSION_CHECK.requirement]: { provider_name: SESSION_CHECK.provider } },
-      },
-    },
+    // no default config: the listener is not served until Envoy has the signer's keys
+    { name: SESSION_CHECK.jwtFilter, config_discovery: { config_source: ADS_SOURCE, type_urls: [EXT.jwtAuthn] } },
     {
       name: 'portcullis.drop_proxy_token',
       typed_config: { '@type': EXT.headerMutation, mutations: { request_mutations: [{ remove: SESSION_CHECK.tokenHeader }] } },
     },
     { name: SESSION_CHECK.rbacFilter, typed_config: { '@type': EXT.httpRbac } },
   ];
+}
+
+/** The session check's jwt_authn config: an ECDS resource (TypedExtensionConfig), so a key change never drains A. */
+export function sessionJwtConfig(v: SessionVerifier): { name: string; typed_config: Record<string, unknown> } {
+  return {
+    name: SESSION_CHECK.jwtFilter,
+    typed_config: {
+      '@type': EXT.jwtAuthn,
+      providers: {
+        [SESSION_CHECK.provider]: {
+          ...(v.issuer ? { issuer: v.issuer } : {}),
+          audiences: [v.audience],
+          local_jwks: { inline_string: JSON.stringify(v.jwks) },
+          from_headers: [{ name: SESSION_CHECK.tokenHeader }],
+          forward: false,
+          require_expiration: true,
+          clock_skew_seconds: SESSION_CHECK.clockSkewSeconds,
+          claim_to_headers: [
+            { header_name: SESSION_CHECK.sessionHeader, claim_name: 'sid' },
+            { header_name: SESSION_CHECK.expHeader, claim_name: 'exp' },
+          ],
+          jwt_cache_config: { jwt_cache_size: SESSION_CHECK.jwtCacheSize },
+        },
+      },
+      requirement_map: { [SESSION_CHECK.requirement]: { provider_name: SESSION_CHECK.provider } },
+    },
+  };
 }
 
 /** A virtual host's (or the route table's) word on the session check. */

@@ -1,6 +1,7 @@
 import { EXT } from '../../envoy/api/type-urls.js';
 import { dnsCacheConfig, type EgressOptions } from './egress.js';
 import { CEL_STRING_FEATURES, celBuilder } from './cel.js';
+import { SESSION_FILTER_STATE } from './common.js';
 
 /**
  * The SNI check of the `transparent` rung: a TLS tunnel's ClientHello must name the host the guest
@@ -52,7 +53,7 @@ export const SNI = {
   authorityKey: 'portcullis.tunnel_authority',
   /** the egress listener's stream id of the tunnel, so B's verdict is joined to A's access log entry */
   tunnelStreamKey: 'portcullis.tunnel_stream',
-  sessionKey: 'portcullis.session',
+  sessionKey: SESSION_FILTER_STATE,
   /** A's route into B (its access log entries carry it as `route_name`) */
   tunnelRoute: 'sni-tunnel',
   /** Envoy's well-known key: the host a dynamic forward proxy cluster picks for a TCP connection */
