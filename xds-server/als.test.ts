@@ -95,3 +95,26 @@ describe('access logs of SNI-checked tunnels: a refused tunnel is one network.de
     expect(events.history('network.egress').map((e) => e.data.streamId)).toEqual(['B2', 'B3', 'B4', 'C1']);
   });
 });
+
+describe('the session of an entry', () => {
+  const entry = (headers: Record<string, string>, filterState?: string) => ({
+    http_logs: {
+      log_entry: [
+        {
+          common_properties: { stream_id: `s-${Math.random()}`, ...(filterState ? { filter_state_objects: { 'portcullis.session': str(filterState) } } : {}) },
+          request: { request_method: 'GET', authority: 'plain.test:80', request_headers: headers },
+          response: { response_code: { value: 200 } },
+        },
+      ],
+    },
+  });
+
+  it('is the session header, or else what the egress listener recorded in filter state (the route took the header off)', async () => {
+    const r = receiver();
+    r.send('egress', entry({ 'x-portcullis-session': 'from-header' }, 'from-state'));
+    r.send('egress', entry({}, 'from-state'));
+    r.send('egress', entry({}));
+    await new Promise((res) => setImmediate(res));
+    expect(r.events.history().map((e) => e.sessionId ?? null)).toEqual(['from-header', 'from-state', null]);
+  });
+});

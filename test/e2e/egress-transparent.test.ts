@@ -185,7 +185,7 @@ describe.skipIf(!gate.ok)('egress, transparent rung, through a real Envoy', () =
   }
 
   it('Envoy accepted the configuration (no rejected updates)', async () => {
-    expect(rejectedUpdates(await envoy.admin.stats())).toEqual({});
+    expect(rejectedUpdates(await envoy.admin.stats()), JSON.stringify(cp.status().lastNack)).toEqual({});
   });
 
   it.each(CASES)('$authority → $allow $reason', async (c) => {
