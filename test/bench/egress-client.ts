@@ -44,10 +44,13 @@ function readResponse(sock: net.Socket): Promise<number> {
       if (buf.length - end - 4 < len) return;
       sock.off('data', onData);
       sock.off('error', reject);
+      sock.off('close', onClose);
       resolve(Number(head.split(' ')[1]));
     };
+    const onClose = () => reject(new Error(`connection closed before a full response (${buf.length} bytes: ${JSON.stringify(buf.subarray(0, 200).toString('latin1'))})`));
     sock.on('data', onData);
     sock.once('error', reject);
+    sock.once('close', onClose);
   });
 }
 
