@@ -7,7 +7,7 @@ import { createTestNet, type TestNet } from '../harness/netns.js';
 import { startUpstream, type Upstream } from '../harness/upstream.js';
 import { startDnsServerIn, type DnsServerProcess } from '../harness/dns-server.js';
 import { createTestCa } from '../harness/test-ca.js';
-import { freePort } from '../harness/ports.js';
+import { eventually, freePort } from '../harness/ports.js';
 import { EventBus } from '../../common/events.js';
 import { silentLogger } from '../../common/logger.js';
 import { compileText } from '../../policy/compile.js';
@@ -138,6 +138,8 @@ describe.skipIf(!gate.ok)('egress from inside a gVisor sandbox, through a real E
     const before = up.requests().length;
     const r = await curl(`https://plain.sbx.test:${PORT}/t`, ['--cacert', '/workspace/up-ca.pem', '-H', 'Authorization: Bearer guest']);
     expect(r.exitCode, r.stderr).toBe(0);
+    // (the upstream reports on its stdout, which can arrive after curl has its answer)
+    await eventually(() => up.requests().length >= before + 1, 5000, 'the upstream\'s request event');
     const seen = up.requests().slice(before);
     expect(seen).toHaveLength(1);
     expect(seen[0]!.headers.authorization).toBe('Bearer guest');
@@ -150,6 +152,7 @@ describe.skipIf(!gate.ok)('egress from inside a gVisor sandbox, through a real E
       expect(r.exitCode, `${host}: ${r.stderr}`).toBe(0);
       expect(r.stderr).toMatch(/issuer: .*Portcullis deployment CA/);
     }
+    await eventually(() => up.requests().length >= before + 3, 5000, 'the upstream\'s request events');
     const seen = up.requests().slice(before);
     expect(seen.map((s) => s.sni)).toEqual(['api.sbx.test', 'a.wild.sbx.test', 'b.deep.wild.sbx.test']);
     expect(seen.every((s) => s.headers.authorization === 'Bearer sandbox-never-sees-this')).toBe(true);
