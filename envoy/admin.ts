@@ -215,6 +215,14 @@ export function versionsOf(typeUrl: string, dump: ConfigDump, textReadouts: Reco
     const err = e as { details?: string; version_info?: string };
     out.errors.push({ name, version: err.version_info, details: err.details ?? JSON.stringify(e) });
   };
+  /** Dump entries that are always active: each carries its version, its error state and, under `key`, the resource. */
+  const eachActive = (entries: unknown, key: string): void => {
+    for (const x of arr(entries)) {
+      const name = str(obj(x[key])?.name) ?? '';
+      out.resources.push({ name, version: str(x.version_info), state: 'active' });
+      addError(name, x.error_state);
+    }
+  };
   switch (typeUrl) {
     case XDS.listener: {
       const s = section(CONFIG_DUMP.listeners);
@@ -244,14 +252,9 @@ export function versionsOf(typeUrl: string, dump: ConfigDump, textReadouts: Reco
       }
       break;
     }
-    case XDS.route: {
-      for (const r of arr(section(CONFIG_DUMP.routes).dynamic_route_configs)) {
-        const name = str(obj(r.route_config)?.name) ?? '';
-        out.resources.push({ name, version: str(r.version_info), state: 'active' });
-        addError(name, r.error_state);
-      }
+    case XDS.route:
+      eachActive(section(CONFIG_DUMP.routes).dynamic_route_configs, 'route_config');
       break;
-    }
     case XDS.secret: {
       const s = section(CONFIG_DUMP.secrets);
       for (const [key, state] of [
@@ -275,14 +278,9 @@ export function versionsOf(typeUrl: string, dump: ConfigDump, textReadouts: Reco
       }
       break;
     }
-    case XDS.extensionConfig: {
-      for (const f of arr(section(CONFIG_DUMP.ecds).ecds_filters)) {
-        const name = str(obj(f.ecds_filter)?.name) ?? '';
-        out.resources.push({ name, version: str(f.version_info), state: 'active' });
-        addError(name, f.error_state);
-      }
+    case XDS.extensionConfig:
+      eachActive(section(CONFIG_DUMP.ecds).ecds_filters, 'ecds_filter');
       break;
-    }
     default:
       throw new EnvoyHarnessError('usage', `not an xDS resource type Portcullis serves: ${typeUrl}`);
   }

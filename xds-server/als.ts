@@ -9,7 +9,7 @@ import type { TCPAccessLogEntry__Output } from '../envoy/generated/envoy/data/ac
 import { envoyServices } from './grpc.js';
 import { SNI } from './translate/sni.js';
 import { setBounded } from '../common/bounded.js';
-import { SESSION_FILTER_STATE } from './translate/common.js';
+import { SESSION_FILTER_STATE, SESSION_HEADER } from './translate/common.js';
 
 /**
  * The access-log receiver (gRPC ALS): Envoy streams an entry per request and, for long CONNECT
@@ -96,7 +96,7 @@ export class AccessLogReceiver {
       authority: e.request?.authority ?? '',
       status: e.response?.response_code?.value ?? 0,
       reason: e.response?.response_headers?.['x-deny-reason'] ?? null,
-      session: e.request?.request_headers?.['x-portcullis-session'] || filterStateString(c?.filter_state_objects?.[SESSION_FILTER_STATE]) || null,
+      session: e.request?.request_headers?.[SESSION_HEADER] || filterStateString(c?.filter_state_objects?.[SESSION_FILTER_STATE]) || null,
       upstream: addr(c?.upstream_remote_address),
       downstream: addr(c?.downstream_remote_address),
       bytesOut: Math.max(0, outTotal - prev.out),

@@ -12,8 +12,9 @@ import type { SessionVerifier } from './translate/session-check.js';
  * on a call to the control plane.
  */
 
-/** Why a session was revoked; the denial of its next tunnel or request carries it. */
-export type RevocationReason = 'session_revoked' | 'exfil_budget_exceeded';
+/** Why a session can be revoked; the denial of its next tunnel or request carries it. */
+export const REVOCATION_REASONS = ['session_revoked', 'exfil_budget_exceeded'] as const;
+export type RevocationReason = (typeof REVOCATION_REASONS)[number];
 
 export interface SessionAuthority {
   /** How Envoy verifies every tunnel's token: the signer's public keys and the claims required. */

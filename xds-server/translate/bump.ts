@@ -1,7 +1,18 @@
 import type { Ir, IrDestination } from '../../policy/ir.js';
 import { EXT, NEWER_THAN_PROTOS } from '../../envoy/api/type-urls.js';
 import { PortcullisError } from '../../common/errors.js';
-import { ADS_SOURCE, denyReplyMapper, denyRoute, grpcAccessLog, resolvedIpDeniedReply, routerFilter, SESSION_FILTER_STATE, typedStruct } from './common.js';
+import {
+  ADS_SOURCE,
+  celResponseFilter,
+  denyReplyMapper,
+  denyRoute,
+  grpcAccessLog,
+  resolvedIpDeniedReply,
+  routerFilter,
+  SESSION_FILTER_STATE,
+  SESSION_HEADER,
+  typedStruct,
+} from './common.js';
 import { CEL_STRING_FEATURES, celBuilder } from './cel.js';
 import type { SessionDenialEntry } from '../sessions.js';
 import { SESSION_CHECK, SESSION_EXPIRY_FILTER, sessionExpiryFilter, sessionRequirement } from './session-check.js';
@@ -41,7 +52,7 @@ export const BUMP = {
   tunnelCluster: 'egress_bump_tunnel',
   sessionKey: SESSION_FILTER_STATE,
   authorityKey: 'portcullis.authority',
-  sessionHeader: 'x-portcullis-session',
+  sessionHeader: SESSION_HEADER,
   authorityHeader: 'x-portcullis-authority',
   dnsCache: 'egress_dns',
   /** the RBAC policy of B's per-request check (Host = SNI = the CONNECT authority) */
@@ -407,18 +418,8 @@ function hostCheckFilter(): Record<string, unknown> {
 
 /** B's local replies: RBAC's refusal carries its reason like every other denial; then the deny-set reply. */
 function bumpLocalReply(): Record<string, unknown> {
-  const rbacRefused = {
-    extension_filter: {
-      name: 'envoy.access_loggers.extension_filters.cel',
-      typed_config: { '@type': EXT.celAccessLogFilter, expression: "response.code_details.startsWith('rbac_access_denied')" },
-    },
-  };
-  const expired = {
-    extension_filter: {
-      name: 'envoy.access_loggers.extension_filters.cel',
-      typed_config: { '@type': EXT.celAccessLogFilter, expression: "response.code_details == 'rbac_access_denied_matched_policy[session_expired]'" },
-    },
-  };
+  const rbacRefused = celResponseFilter("response.code_details.startsWith('rbac_access_denied')");
+  const expired = celResponseFilter("response.code_details == 'rbac_access_denied_matched_policy[session_expired]'");
   return { mappers: [denyReplyMapper(expired, 'session_expired'), denyReplyMapper(rbacRefused, 'sni_mismatch'), ...resolvedIpDeniedReply().mappers] };
 }
 

@@ -6,6 +6,8 @@ export const ADS_SOURCE = { ads: {}, resource_api_version: 'V3' } as const;
 export const DENY_HEADER = 'x-deny-reason';
 /** Filter state where the egress listener records a request's (or tunnel's) session (bump.ts BUMP.sessionKey). */
 export const SESSION_FILTER_STATE = 'portcullis.session';
+/** The header carrying a request's session inside Envoy (set by the session check, never by a guest). */
+export const SESSION_HEADER = 'x-portcullis-session';
 
 /** `TypedStruct` carrying a message newer than our proto set; Envoy converts it itself. */
 export function typedStruct(typeUrl: string, value: Record<string, unknown>): Record<string, unknown> {
@@ -77,7 +79,7 @@ export function grpcAccessLog(logName: string, cluster: string): Record<string, 
         // the session A recorded for the request or tunnel (the header may be gone before the log is written)
         filter_state_objects_to_log: [SESSION_FILTER_STATE],
       },
-      additional_request_headers_to_log: ['x-portcullis-session'],
+      additional_request_headers_to_log: [SESSION_HEADER],
       additional_response_headers_to_log: [DENY_HEADER],
     },
   };
@@ -91,12 +93,30 @@ export function resolvedIpDeniedReply(): { mappers: Record<string, unknown>[] } 
   return { mappers: [denyReplyMapper({ response_flag_filter: { flags: ['DF'] } }, 'resolved_ip_denied')] };
 }
 
-/** A local-reply mapper: what `filter` matches is answered 403 with `reason`, as a deny route is. */
-export function denyReplyMapper(filter: Record<string, unknown>, reason: string): Record<string, unknown> {
+/**
+ * A local-reply mapper: what `filter` matches is answered with `reason` in `x-deny-reason` and as the
+ * body, as a deny route is; 403 unless `status` says otherwise, with any `headers` added.
+ */
+export function denyReplyMapper(
+  filter: Record<string, unknown>,
+  reason: string,
+  opts: { status?: number; headers?: Record<string, string> } = {},
+): Record<string, unknown> {
+  const add = (key: string, value: string) => ({ header: { key, value }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' });
   return {
     filter,
-    status_code: 403,
-    headers_to_add: [{ header: { key: DENY_HEADER, value: reason }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' }],
+    status_code: opts.status ?? 403,
+    headers_to_add: [add(DENY_HEADER, reason), ...Object.entries(opts.headers ?? {}).map(([k, v]) => add(k, v))],
     body: { inline_string: `${reason}\n` },
+  };
+}
+
+/** A local-reply (or access-log) filter: a CEL expression over the response, e.g. its `code_details`. */
+export function celResponseFilter(expression: string): Record<string, unknown> {
+  return {
+    extension_filter: {
+      name: 'envoy.access_loggers.extension_filters.cel',
+      typed_config: { '@type': EXT.celAccessLogFilter, expression },
+    },
   };
 }

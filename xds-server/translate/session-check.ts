@@ -1,7 +1,7 @@
 import { EXT } from '../../envoy/api/type-urls.js';
-import type { SessionDenialEntry } from '../sessions.js';
+import { REVOCATION_REASONS, type SessionDenialEntry } from '../sessions.js';
 import { CEL_STRING_FEATURES, celBuilder } from './cel.js';
-import { ADS_SOURCE, DENY_HEADER, denyReplyMapper } from './common.js';
+import { ADS_SOURCE, celResponseFilter, denyReplyMapper, SESSION_HEADER } from './common.js';
 
 /**
  * The session check of every tunnel, done by Envoy on the egress listener (A) — no call leaves
@@ -34,7 +34,7 @@ export const SESSION_CHECK = {
   provider: 'session',
   requirement: 'session',
   tokenHeader: 'x-portcullis-proxy-token',
-  sessionHeader: 'x-portcullis-session',
+  sessionHeader: SESSION_HEADER,
   expHeader: 'x-portcullis-session-exp',
   /** the jwt_authn filter's name on A, and the name of its config (ECDS) */
   jwtFilter: 'portcullis.session_jwt',
@@ -180,32 +180,16 @@ export function sessionRouteTableConfig(denials: readonly SessionDenialEntry[]):
   };
 }
 
-/** Reasons a session's tunnel can be refused with by a revocation (RBAC policy names). */
-const REVOCATION_REASONS = ['session_revoked', 'exfil_budget_exceeded'] as const;
-
-function celFilter(expression: string): Record<string, unknown> {
-  return {
-    extension_filter: {
-      name: 'envoy.access_loggers.extension_filters.cel',
-      typed_config: { '@type': EXT.celAccessLogFilter, expression },
-    },
-  };
-}
-
 /** A's local-reply mappers for the session check (before any other mapper). */
 export function sessionReplyMappers(): Record<string, unknown>[] {
   return [
-    denyReplyMapper(celFilter("response.code_details == 'jwt_authn_access_denied{Jwt_is_expired}'"), 'session_expired'),
-    {
-      filter: celFilter("response.code_details.startsWith('jwt_authn_access_denied')"),
-      status_code: 407,
-      headers_to_add: [
-        { header: { key: DENY_HEADER, value: 'session_credential_missing' }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' },
-        { header: { key: 'proxy-authenticate', value: 'Basic realm="portcullis"' }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' },
-      ],
-      body: { inline_string: 'session_credential_missing\n' },
-    },
-    ...REVOCATION_REASONS.map((r) => denyReplyMapper(celFilter(`response.code_details == 'rbac_access_denied_matched_policy[${r}]'`), r)),
+    denyReplyMapper(celResponseFilter("response.code_details == 'jwt_authn_access_denied{Jwt_is_expired}'"), 'session_expired'),
+    denyReplyMapper(celResponseFilter("response.code_details.startsWith('jwt_authn_access_denied')"), 'session_credential_missing', {
+      status: 407,
+      headers: { 'proxy-authenticate': 'Basic realm="portcullis"' },
+    }),
+    // the revoked sessions' DENY policies are named after their reasons (sessionRouteTableConfig)
+    ...REVOCATION_REASONS.map((r) => denyReplyMapper(celResponseFilter(`response.code_details == 'rbac_access_denied_matched_policy[${r}]'`), r)),
   ];
 }
 
